@@ -1,0 +1,177 @@
+"""JSON read the way the Docker engine (Go's encoding/json) reads it.
+
+Theory of operation
+-------------------
+Go decodes a JSON object into a struct by matching each key to a field name, preferring an
+exact match but accepting a case-insensitive one (`"hostconfig"` fills `HostConfig`, and so do
+the Kelvin sign for `k` and the long s for `s`). When the same field appears twice, the later
+key is decoded *into* what the earlier one left: objects merge, arrays and scalars are replaced,
+and `null` leaves a struct or scalar as it was. Maps keep keys exactly, last one winning.
+
+A proxy that reads bodies with a plain `dict` would see the first `Binds` while the engine acts
+on the last, or miss `"binds"` altogether. So objects stay as ordered key/value pairs
+(`GoObject`), and the policy asks for *fields*:
+
+- `obj.field("HostConfig")` folds every matching key in order: object after object merges (the
+  pairs are concatenated, which is exactly a merge under these same rules), anything else
+  replaces, and `null` never erases what came before. The last rule errs towards seeing more
+  than the engine: the policy may refuse a request the engine would have read as empty, never
+  the reverse.
+- `obj.entries()` reads a map: exact keys, last one wins.
+
+Anything Go would refuse (NaN, Infinity) is refused here too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+_FOLD_SPECIAL = {"\u212a": "k", "\u017f": "s"}  # Kelvin sign, long s: Go's EqualFold pairs
+
+
+def _fold_char(c: str) -> str:
+    special = _FOLD_SPECIAL.get(c)
+    if special is not None:
+        return special
+    if c.isascii():
+        return c.lower()
+    folded = c.lower()
+    return folded if len(folded) == 1 else c
+
+
+def fold(name: str) -> str:
+    """The case-folded form under which Go matches a key to a struct field."""
+    return "".join(_fold_char(c) for c in name)
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True, slots=True)
+class GoObject:
+    """A JSON object as ordered (key, value) pairs, duplicates and all."""
+
+    pairs: tuple[tuple[str, Any], ...] = ()
+
+    def field(self, name: str, default: Any = MISSING) -> Any:
+        """The value Go would decode into struct field `name` (see the module doc)."""
+        wanted = fold(name)
+        result: Any = MISSING
+        for key, value in self.pairs:
+            if key != name and fold(key) != wanted:
+                continue
+            if value is None:
+                if result is MISSING:
+                    result = None
+                continue
+            if isinstance(value, GoObject) and isinstance(result, GoObject):
+                result = GoObject(result.pairs + value.pairs)
+            else:
+                result = value
+        return default if result is MISSING else result
+
+    def has_field(self, name: str) -> bool:
+        return self.field(name) is not MISSING
+
+    def entries(self) -> dict[str, Any]:
+        """The object read as a Go map: exact keys, the last duplicate wins."""
+        return dict(self.pairs)
+
+    def keys(self) -> Iterator[str]:
+        return (k for k, _ in self.pairs)
+
+    def duplicate_keys(self) -> tuple[str, ...]:
+        """Keys that appear more than once, compared as Go compares field names."""
+        seen: dict[str, str] = {}
+        dups: list[str] = []
+        for key, _ in self.pairs:
+            f = fold(key)
+            if f in seen and key not in dups:
+                dups.append(key)
+            seen.setdefault(f, key)
+        return tuple(dups)
+
+    def to_plain(self) -> dict[str, Any]:
+        """A plain dict (last key wins, nested objects converted) for display only."""
+        return {k: to_plain(v) for k, v in self.pairs}
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, GoObject):
+        return value.to_plain()
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    return value
+
+
+class JSONSyntaxError(ValueError):
+    """Text that is not one well-formed JSON value; `line` and `column` count from 1."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(f"line {line}, column {column}: {message}")
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _explain(err: json.JSONDecodeError) -> str:
+    text = err.doc
+    before = text[: err.pos].rstrip()
+    if before.endswith(",") and text[err.pos : err.pos + 1] in ("}", "]"):
+        return "trailing comma before the closing bracket (JSON allows none)"
+    if err.msg.startswith("Extra data"):
+        return "unexpected text after the JSON value"
+    return err.msg[:1].lower() + err.msg[1:]
+
+
+def loads(text: str) -> Any:
+    """Parse JSON text; objects become `GoObject`. Raises `JSONSyntaxError` with a position."""
+    if text.startswith("\ufeff"):
+        raise JSONSyntaxError("a UTF-8 byte order mark (BOM) is not allowed before the JSON", 1, 1)
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=lambda pairs: GoObject(tuple(pairs)),
+            parse_constant=_refuse_constant,
+        )
+    except json.JSONDecodeError as err:
+        # A trailing comma is reported by the json module at the bracket after it.
+        line, col = err.lineno, err.colno
+        msg = _explain(err)
+        if msg.startswith("trailing comma"):
+            comma = err.doc.rfind(",", 0, err.pos)
+            line = err.doc.count("\n", 0, comma) + 1
+            col = comma - (err.doc.rfind("\n", 0, comma) + 1) + 1
+        raise JSONSyntaxError(msg, line, col) from None
+    except ValueError as err:
+        raise JSONSyntaxError(str(err), 1, 1) from None
+
+
+def loads_bytes(data: bytes) -> Any:
+    """Decode UTF-8 (strictly) and parse; a BOM or invalid UTF-8 is a `JSONSyntaxError`."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise JSONSyntaxError("a UTF-8 byte order mark (BOM) is not allowed before the JSON", 1, 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise JSONSyntaxError("the text is not valid UTF-8", line, col) from None
+    return loads(text)

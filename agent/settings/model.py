@@ -1,0 +1,133 @@
+"""The admin settings vocabulary: small frozen values, parsed once at the edge.
+
+Nothing here reads files; `agent.settings.parse` turns JSON text into these values and
+`agent.settings.loader` decides which file to read and whether to trust it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from agent.policy.commands import CommandPattern
+from agent.policy.imageref import ImagePattern
+
+
+class CommandListType(enum.Enum):
+    """How `commandList.commands` is read: the listed commands are denied, or only they pass."""
+
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageList:
+    """`dockerSocketMount.imageList`: the images allowed to bind-mount the engine socket."""
+
+    images: tuple[ImagePattern, ...] = ()
+    allow_derived_images: bool = False
+
+    @property
+    def allows_everything(self) -> bool:
+        return any(p.is_everything for p in self.images)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandList:
+    """`dockerSocketMount.commandList`: what a socket-mounting container may ask the engine."""
+
+    type: CommandListType = CommandListType.DENY
+    commands: tuple[CommandPattern, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SocketMountPolicy:
+    image_list: ImageList = field(default_factory=ImageList)
+    command_list: CommandList = field(default_factory=CommandList)
+
+
+@dataclass(frozen=True, slots=True)
+class EnhancedContainerIsolation:
+    """`enhancedContainerIsolation`: `value` turns ECI on, `locked` stops users changing it."""
+
+    value: bool = True
+    locked: bool = False
+    socket_mount: SocketMountPolicy = field(default_factory=SocketMountPolicy)
+
+
+class Severity(enum.Enum):
+    WARNING = "warning"
+    NOTICE = "notice"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsNote:
+    """Something about a valid file worth telling the admin (e.g. a command we cannot enforce)."""
+
+    json_path: str
+    message: str
+    severity: Severity = Severity.WARNING
+
+    def __str__(self) -> str:
+        return f"{self.json_path}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """A validated admin-settings.json (or the built-in default when there is no file).
+
+    `source` is the file it came from, or None for the built-in default; `sha256` is the hash of
+    the exact bytes read (None for the default), so events and status can name the policy.
+    """
+
+    eci: EnhancedContainerIsolation = field(default_factory=EnhancedContainerIsolation)
+    configuration_file_version: int | None = None
+    ignored_keys: tuple[str, ...] = ()
+    notes: tuple[SettingsNote, ...] = ()
+    source: str | None = None
+    sha256: str | None = None
+
+    @property
+    def is_builtin_default(self) -> bool:
+        return self.source is None
+
+
+#: The policy in force when no settings file exists: ECI on, no image may mount the socket,
+#: and the user may switch ECI off (unlocked), as Docker Desktop does without a file.
+BUILTIN_DEFAULT = AdminSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """What is enforced right now: the admin's settings plus the user's choice, when allowed.
+
+    `locked: true` means nothing but the file decides; with `locked: false` the user's choice
+    (made through the agent's control API) overrides `value`.
+    """
+
+    settings: AdminSettings
+    user_choice: bool | None = None
+
+    @property
+    def eci_enabled(self) -> bool:
+        if self.settings.eci.locked or self.user_choice is None:
+            return self.settings.eci.value
+        return self.user_choice
+
+    def with_user_choice(self, enabled: bool | None) -> Effective:
+        """The user's switch; raises `SettingsLocked` when the admin has locked ECI."""
+        if self.settings.eci.locked and enabled is not None:
+            raise SettingsLocked(self.settings.source)
+        return Effective(self.settings, enabled)
+
+
+class SettingsLocked(Exception):
+    """The admin locked Enhanced Container Isolation: only the settings file can change it."""
+
+    def __init__(self, source: str | None) -> None:
+        where = source or "the admin settings"
+        super().__init__(
+            "enhanced container isolation is locked by the administrator "
+            f"(enhancedContainerIsolation.locked is true in {where}); ask your administrator "
+            "to change it there"
+        )
