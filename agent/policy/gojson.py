@@ -175,3 +175,19 @@ def loads_bytes(data: bytes) -> Any:
         col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
         raise JSONSyntaxError("the text is not valid UTF-8", line, col) from None
     return loads(text)
+
+
+def dumps(value: Any) -> str:
+    """Serialize, keeping a `GoObject`'s pairs (duplicates included) in order."""
+    if isinstance(value, GoObject):
+        return "{" + ",".join(f"{json.dumps(k)}:{dumps(v)}" for k, v in value.pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def with_field(obj: GoObject, name: str, value: Any) -> GoObject:
+    """`obj` with every key Go would read as field `name` replaced by one `name: value`."""
+    wanted = fold(name)
+    pairs = tuple((k, v) for k, v in obj.pairs if k != name and fold(k) != wanted)
+    return GoObject(pairs + ((name, value),))

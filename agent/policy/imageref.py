@@ -225,22 +225,25 @@ class ImagePattern:
 
     def matches_name(self, ref: ImageRef) -> bool:
         """Whether `ref`'s repository name and tag fall under this entry (digests not checked)."""
-        if self.is_everything:
-            return True
-        if ref.domain != self.domain:
-            return False
-        if self.has_path_wildcard:
-            mine = self.path.split("/")
-            theirs = ref.path.split("/")
-            if len(mine) != len(theirs):
-                return False
-            if any(m != "*" and m != t for m, t in zip(mine, theirs, strict=True)):
-                return False
-        elif ref.path != self.path:
+        if not self.matches_repository(ref.domain, ref.path):
             return False
         if self.tag is None or self.tag == "*":
             return True
         return ref.tag == self.tag
+
+    def matches_repository(self, domain: str, path: str) -> bool:
+        """Whether repository `domain/path` falls under this entry, whatever the tag."""
+        if self.is_everything:
+            return True
+        if domain != self.domain:
+            return False
+        if not self.has_path_wildcard:
+            return path == self.path
+        mine = self.path.split("/")
+        theirs = path.split("/")
+        if len(mine) != len(theirs):
+            return False
+        return all(m == "*" or m == t for m, t in zip(mine, theirs, strict=True))
 
     def __str__(self) -> str:
         return self.normalized()

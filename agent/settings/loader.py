@@ -71,6 +71,7 @@ def untrusted_reasons(
     if resolved != chains[0]:
         chains.append(resolved)
     seen: set[Path] = set()
+    owner = "root" if trusted_uid == 0 else f"uid {trusted_uid}"
     for chain in chains:
         for node in (chain, *chain.parents):
             if node in seen:
@@ -84,10 +85,10 @@ def untrusted_reasons(
             if stat.S_ISLNK(st.st_mode):
                 kind = "symlink"
                 if st.st_uid != trusted_uid:
-                    reasons.append(f"{kind} {node} is owned by uid {st.st_uid}, not root")
+                    reasons.append(f"{kind} {node} is owned by uid {st.st_uid}, not {owner}")
                 continue
             if st.st_uid != trusted_uid:
-                reasons.append(f"{kind} {node} is owned by uid {st.st_uid}, not root")
+                reasons.append(f"{kind} {node} is owned by uid {st.st_uid}, not {owner}")
             if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                 sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
                 if sticky and node != chain and st.st_uid == trusted_uid:
@@ -109,17 +110,34 @@ def load_settings(path: Path, *, strict_modes: bool | None = None) -> LoadResult
     if strict_modes is None:
         strict_modes = hasattr(os, "geteuid") and os.geteuid() == 0
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return Refused(str(path), f"{path} is not a regular file")
-            data = fh.read(MAX_SETTINGS_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO planted at `path` must not hang the reader; it is then
+        # refused below as "not a regular file" (the flag does nothing for regular files).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return Missing(str(path))
     except IsADirectoryError:
         return Refused(str(path), f"{path} is a folder, not a settings file")
-    except PermissionError as err:
-        return Refused(str(path), f"cannot read {path}: {err.strerror}")
+    except OSError as err:
+        return Refused(str(path), f"cannot read {path}: {err.strerror or err}")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return Refused(str(path), f"{path} is a folder, not a settings file")
+        if not stat.S_ISREG(st.st_mode):
+            return Refused(str(path), f"{path} is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SETTINGS_BYTES:
+            chunk = os.read(fd, MAX_SETTINGS_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as err:
+        return Refused(str(path), f"cannot read {path}: {err.strerror or err}")
+    finally:
+        os.close(fd)
     if strict_modes:
         reasons = untrusted_reasons(path)
         if reasons:
