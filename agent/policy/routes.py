@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 #: (method, template) in moby's registration order where it matters: literal routes such as
-#: `/containers/json` come before `/containers/{id}/json`. `{...}` segments match like `.*`.
+#: `/containers/json` come before `/containers/{id}/json`. `{...}` segments match like `.*`
+#: (or one segment, `[^/]+`, where moby registers a bare `{id}`: see `_ONE_SEGMENT_PREFIXES`).
 ROUTE_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version"), ("GET", "/info"),
     ("GET", "/events"), ("GET", "/system/df"), ("POST", "/auth"),
@@ -77,6 +78,12 @@ ROUTE_TEMPLATES: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 _PARAM = re.compile(r"\{(\w+)\}")
+
+#: moby registers most parameters as `{name:.*}`, but the swarm, checkpoint-delete and pprof
+#: routes use a bare `{id}`, which gorilla/mux matches as one path segment (`[^/]+`): so
+#: `GET /services/x/logs` is the logs route, not an inspect of a service named `x/logs`.
+_ONE_SEGMENT_PREFIXES = ("/nodes/", "/services/", "/tasks/", "/secrets/", "/configs/", "/debug/")
+_ONE_SEGMENT_TEMPLATES = frozenset({"/containers/{id}/checkpoints/{checkpoint}"})
 _VERSION = re.compile(r"^/v([0-9.]+)(/.*)$")
 
 
@@ -93,10 +100,14 @@ class Route:
 
 
 def _compile(template: str) -> re.Pattern[str]:
+    one_segment = (
+        template.startswith(_ONE_SEGMENT_PREFIXES) or template in _ONE_SEGMENT_TEMPLATES
+    )
+    param = "[^/]+" if one_segment else ".*"
     parts = _PARAM.split(template)
     regex = ""
     for i, part in enumerate(parts):
-        regex += re.escape(part) if i % 2 == 0 else f"(?P<{part}>.*)"
+        regex += re.escape(part) if i % 2 == 0 else f"(?P<{part}>{param})"
     return re.compile(f"^{regex}$", re.DOTALL)
 
 
@@ -175,18 +186,18 @@ def canonical_target(raw: str) -> Target:
     for a unix-socket host (`http://localhost/...`, as some clients send); refused: paths that
     are not clean, that decode to control characters, or that carry a fragment.
     """
+    if "#" in raw:
+        raise BadTarget("a request target cannot carry a fragment")
     if raw.startswith(("http://", "https://")):
         rest = raw.split("://", 1)[1]
         slash = rest.find("/")
-        if slash < 0:
+        if slash < 0 or "?" in rest[:slash]:
             raise BadTarget("an absolute-form target with no path")
         raw_origin = rest[slash:]
     elif raw.startswith("/"):
         raw_origin = raw
     else:
         raise BadTarget(f"unsupported request target form {raw[:40]!r}")
-    if "#" in raw_origin:
-        raise BadTarget("a request target cannot carry a fragment")
     raw_path, _, raw_query = raw_origin.partition("?")
     path = _decode_path(raw_path)
     if "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")):

@@ -1,0 +1,30 @@
+# Everyday commands. `make help` lists them.
+.DEFAULT_GOAL := help
+VENV := .venv/bin
+
+help: ## list the everyday commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv: ## create .venv with eci-agent and the dev tools
+	scripts/bootstrap
+
+run: ## run the agent in front of an engine (starts an isolated one if none answers)
+	scripts/run-agent
+
+test: ## the whole suite, as CI runs it (lint, types, unit, e2e on a private dockerd, gui)
+	scripts/test
+
+unit: venv ## fast tests of the pure core only
+	$(VENV)/python -m pytest tests/unit -q
+
+lint: venv ## ruff + mypy
+	$(VENV)/ruff check . && $(VENV)/ruff format --check . && $(VENV)/mypy agent gui
+
+fix: venv ## ruff autofix + format
+	$(VENV)/ruff check --fix . && $(VENV)/ruff format .
+
+bench: venv ## proxy vs direct engine socket, ratios (see bench/)
+	$(VENV)/python -m bench
+
+check: venv ## validate an admin-settings.json: make check FILE=path
+	$(VENV)/eci-agent check $(FILE)
