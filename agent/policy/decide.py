@@ -243,9 +243,10 @@ def decide_socket_mount(
             return deny(
                 403,
                 f'docker socket mount denied for container with image "{image_name}"; '
-                f"{exp.via} reaches the {exp.socket.label} through a volume or another "
-                "container; bind-mount the socket file itself so it can be given the "
-                "container-facing socket",
+                f"{exp.via} reaches the {exp.socket.label} in a way eci-agent cannot rewrite "
+                "(a volume, another container's mounts or a legacy field); bind-mount the "
+                "socket file itself in HostConfig so it can be given the container-facing "
+                "socket",
                 "socket-mount-indirect",
                 via=exp.via,
             )

@@ -4,9 +4,10 @@ Every route by which a container can get a host path is turned into a `MountInte
 `HostConfig.Binds` (`src:dst[:mode]`, where a src without a leading `/` is a named volume),
 `HostConfig.Mounts` (bind, volume with inline local-driver options, npipe), the legacy
 `Volumes` map (a key with a `:` is read as a bind spec, erring towards seeing one),
-`HostConfig.VolumesFrom` (every mount of another container) and a `POST /volumes/create`
-with local-driver options. The proxy shell then resolves host paths and looks up volumes and
-containers; `agent.policy.decide` judges the result.
+`HostConfig.VolumesFrom` (every mount of another container), the same three fields given at
+the top level of the body (which engines before Docker 27 still read) and a
+`POST /volumes/create` with local-driver options. The proxy shell then resolves host paths
+and looks up volumes and containers; `agent.policy.decide` judges the result.
 """
 
 from __future__ import annotations
@@ -129,6 +130,15 @@ def create_mounts(body: GoObject) -> tuple[MountIntent, ...]:
         if not isinstance(host_config, GoObject):
             raise UnreadableMount("HostConfig: expected an object")
         intents.extend(host_config_mounts(host_config, "HostConfig"))
+    # Engines before Docker 27 also read HostConfig fields given at the top level of the body
+    # (a pre-API-1.18 shim, moby runconfig `ContainerConfigWrapper`) when `HostConfig` is absent
+    # or null. They are read whatever the engine, and never rewritten: such a socket mount is
+    # refused, as the CLI never sends one.
+    for legacy in host_config_mounts(body, "(top level)"):
+        if isinstance(legacy, HostPath):
+            intents.append(HostPath(legacy.source, legacy.via, rewritable=False))
+        else:
+            intents.append(legacy)
     volumes = body.field("Volumes")
     if isinstance(volumes, GoObject):
         for key in volumes.entries():

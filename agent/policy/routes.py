@@ -100,9 +100,7 @@ class Route:
 
 
 def _compile(template: str) -> re.Pattern[str]:
-    one_segment = (
-        template.startswith(_ONE_SEGMENT_PREFIXES) or template in _ONE_SEGMENT_TEMPLATES
-    )
+    one_segment = template.startswith(_ONE_SEGMENT_PREFIXES) or template in _ONE_SEGMENT_TEMPLATES
     param = "[^/]+" if one_segment else ".*"
     parts = _PARAM.split(template)
     regex = ""

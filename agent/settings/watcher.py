@@ -334,7 +334,7 @@ class SettingsWatcher:
         except OSError:
             identity = None
         aim = _Aim(folder, name, is_parent, identity)
-        if aim == self._aim and identity is not None:
+        if aim == self._aim and identity is not None and self._watch_alive():
             return False
         if self._watch is not None:
             try:
