@@ -39,12 +39,15 @@ def http_over_unix(path: str, request: bytes, timeout: float = 10.0) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
-        s.sendall(request)
+        try:
+            s.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before reading it all: read its answer
         chunks = []
         while True:
             try:
                 data = s.recv(65536)
-            except TimeoutError:
+            except (TimeoutError, ConnectionResetError):
                 break
             if not data:
                 break

@@ -229,15 +229,25 @@ def test_retagging_a_refused_image_as_an_allowed_one_is_refused(
         direct("rmi", fake)
 
 
-def test_stale_local_copy_is_refused_with_the_fix(agent, via_agent, direct, stack, name):
-    repo = f"{stack.registry}/fixtures/moving"
+def _build(via_agent: Any, tmp: Path, ref: str, dockerfile: str) -> None:
+    ctx = tmp / ref.replace("/", "_").replace(":", "_")
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    via_agent("build", "-q", "-t", ref, str(ctx), check=True)
+
+
+def test_stale_local_copy_is_refused_with_the_fix(agent, via_agent, direct, stack, name, tmp_path):
+    repo = f"{stack.registry}/fixtures/moving-{name}"
     tag = repo + ":1"
-    old_ref, new_ref = registry_ref(stack, "dockercli"), registry_ref(stack, "busybox")
-    direct("tag", old_ref, tag, check=True)
+    base = registry_ref(stack, "busybox")
+    old, new = f"local/{name}-old:1", f"local/{name}-new:1"
+    _build(via_agent, tmp_path, old, f"FROM {base}\nLABEL version=old\n")
+    _build(via_agent, tmp_path, new, f"FROM {base}\nLABEL version=new\n")
+    direct("tag", old, tag, check=True)
     direct("push", tag, check=True)
-    direct("tag", new_ref, tag, check=True)
+    direct("tag", new, tag, check=True)
     direct("push", tag, check=True)  # the registry's tag moves to another image
-    direct("tag", old_ref, tag, check=True)  # the local copy is the old one
+    direct("tag", old, tag, check=True)  # the local copy is the old one
     agent.set_settings(settings_with([tag]))
     try:
         r = via_agent("create", "--name", name, "-v", "/var/run/docker.sock:/s", tag, "true")
@@ -245,8 +255,15 @@ def test_stale_local_copy_is_refused_with_the_fix(agent, via_agent, direct, stac
         assert "no longer matches the registry's digest" in r.stderr, r.stderr
         assert f"docker image rm {tag}" in r.stderr and f"docker pull {tag}" in r.stderr
         assert not exists(direct, name)
+        # The fix the message gives works: remove, pull again, and the mount is allowed.
+        direct("rmi", tag, check=True)
+        direct("pull", tag, check=True)
+        r = via_agent("create", "--name", name, "-v", "/var/run/docker.sock:/s", tag, "true")
+        assert r.returncode == 0, r.stderr
+        assert exists(direct, name)
     finally:
-        direct("rmi", tag)
+        direct("rm", "-f", name)
+        direct("rmi", "-f", tag, old, new)
 
 
 def test_derived_images(agent, via_agent, direct, stack, name, tmp_path):
