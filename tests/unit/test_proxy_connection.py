@@ -164,7 +164,9 @@ def test_denial_is_an_engine_style_json_error() -> None:
     out = sent_client(c.judged(deny(403, "docker socket mount denied", "r")))
     head, _, body = out.partition(b"\r\n\r\n")
     assert b"application/json" in head
-    assert json.loads(body) == {"message": "enhanced container isolation: docker socket mount denied"}
+    assert json.loads(body) == {
+        "message": "enhanced container isolation: docker socket mount denied"
+    }
     assert c.phase is Phase.IDLE
 
 
@@ -241,7 +243,7 @@ def test_failed_verification_answers_403_instead() -> None:
     c = new()
     c.client_data(b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\n{}")
     c.judged(Decision(True, rule="x", expect_image_id="sha256:" + "b" * 64))
-    c.engine_data(b"HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\n{\"Id\":1}\n")
+    c.engine_data(b'HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\n{"Id":1}\n')
     out = sent_client(c.verified(False, 403, "image changed"))
     assert out.startswith(b"HTTP/1.1 403 ") and b"image changed" in out
 
