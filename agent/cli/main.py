@@ -26,6 +26,12 @@ EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
+#: Said wherever a command list is shown, until the proxy enforces it.
+COMMAND_LIST_NOT_ENFORCED = (
+    "the command list is validated but not enforced yet: this version of eci-agent enforces "
+    "the image list (socket mount permissions) only"
+)
+
 
 def engine_path(value: str) -> str:
     """`unix:///run/docker.sock` or a plain path -> the socket path."""
@@ -119,6 +125,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  derived images allowed: {'yes' if images['allowDerivedImages'] else 'no'}")
     listed = ", ".join(commands["commands"]) or "(none)"
     print(f"  command list ({commands['type']}): {listed}")
+    if commands["commands"] or commands["type"] == "allow":
+        print(f"  notice: {COMMAND_LIST_NOT_ENFORCED}")
     if settings.ignored_keys:
         print(
             "  ignored (Docker Desktop settings eci-agent does not enforce): "
@@ -174,6 +182,9 @@ async def _serve(args: argparse.Namespace) -> int:
         change = state.apply(result, time.time())
         level = logging.INFO if change.error is None else logging.ERROR
         log.log(level, "settings: %s", change.message)
+        command_list = change.effective.settings.eci.socket_mount.command_list
+        if command_list.commands:
+            log.warning("settings: %s", COMMAND_LIST_NOT_ENFORCED)
 
     def on_result_threadsafe(result: Any) -> None:
         # The watcher calls from its thread; apply there (SettingsState is thread-safe).

@@ -201,8 +201,8 @@ UNSUPPORTED_BY_DOCKER_DESKTOP: dict[str, str] = {
     "feedback": "client-only: it makes no Engine API request",
     "init": "client-only: it writes files on the client and makes no Engine API request",
     "manifest": "client-only: it talks to registries directly, never to the engine",
-    "plugin": "plugin requests go to the engine's /plugins API, which the command list "
-    "issue's table classifies as plugin commands",
+    "plugin": "plugin requests go to the engine's /plugins API, so eci-agent can enforce "
+    "it as the plugin commands",
     "sbom": "client-only: it reads images through registries or the image store client-side",
     "scout": "Docker Scout talks to its own service; the engine sees only image reads",
     "trust": "client-only: signing talks to the Notary server; the push it triggers is "
