@@ -29,7 +29,10 @@ from agent.policy.mounts import (
     NamedVolume,
     ProtectedSocket,
     ResolvedPath,
+    UnreadableMount,
+    clean_host_path,
     exposed_socket,
+    reaches_procfs,
 )
 
 PREFIX = "enhanced container isolation: "
@@ -61,6 +64,9 @@ class Decision:
     rewrites: tuple[Rewrite, ...] = ()
     expect_image_id: str | None = None
     details: Mapping[str, str] = field(default_factory=dict)
+    #: The request target to forward instead of the client's: the object that was judged,
+    #: named by ID, so a rename between the check and the engine's own lookup changes nothing.
+    target: str | None = None
 
 
 ALLOW = Decision(True, rule="pass")
@@ -77,11 +83,16 @@ def bad_request(message: str, rule: str = "bad-request") -> Decision:
 
 @dataclass(frozen=True, slots=True)
 class VolumeFact:
-    """A named volume as the engine reports it; `exists` False means it would be created."""
+    """A named volume as the engine reports it; `exists` False means it would be created.
+
+    `device` is the host path a local bind volume mounts; `error` says why the volume's
+    options cannot be judged (see `agent.policy.mounts.local_volume_mount`).
+    """
 
     name: str
     exists: bool
     device: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,7 @@ class Exposure:
     socket: ProtectedSocket
     exact: bool  # the socket itself, not a folder above it
     rewritable: bool
+    reason: str = ""  # how a folder reaches it, when not by holding it by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,7 @@ class HostFacts:
     paths: Mapping[str, ResolvedPath]
     volumes: Mapping[str, VolumeFact] = field(default_factory=dict)
     containers: Mapping[str, ContainerFact] = field(default_factory=dict)
+    procfs: tuple[str, ...] = ()  # where a procfs is mounted on the host
 
 
 class MissingFact(LookupError):
@@ -121,11 +134,11 @@ def host_paths_needed(intents: tuple[MountIntent, ...], facts: HostFacts | None 
     needed: set[str] = set()
     for intent in intents:
         if isinstance(intent, HostPath):
-            needed.add(intent.source)
+            needed.update(_path_forms(intent.source))
         elif isinstance(intent, NamedVolume) and facts is not None:
             vol = facts.volumes.get(intent.name)
             if vol is not None and vol.device:
-                needed.add(vol.device)
+                needed.update(_path_forms(vol.device))
         elif isinstance(intent, FromContainer) and facts is not None:
             ctr = facts.containers.get(intent.container)
             if ctr is not None:
@@ -147,18 +160,19 @@ def find_exposures(
     found: list[Exposure] = []
     for intent in intents:
         if isinstance(intent, HostPath):
-            hit = exposed_socket(_resolved(facts, intent.source), facts.protected)
-            if hit is not None:
-                sock, exact = hit
-                found.append(Exposure(intent.via, intent.source, sock, exact, intent.rewritable))
+            exp = _path_exposure(intent.via, intent.source, intent.rewritable, facts)
+            if exp is not None:
+                found.append(exp)
         elif isinstance(intent, NamedVolume):
             vol = facts.volumes.get(intent.name)
             if vol is None:
                 raise MissingFact(f"volume {intent.name!r} was not looked up")
+            if vol.error is not None:
+                raise UnreadableMount(f"{intent.via}: volume {intent.name!r}: {vol.error}")
             if vol.device:
-                hit = exposed_socket(_resolved(facts, vol.device), facts.protected)
-                if hit is not None:
-                    found.append(Exposure(intent.via, vol.device, hit[0], hit[1], False))
+                exp = _path_exposure(intent.via, vol.device, False, facts)
+                if exp is not None:
+                    found.append(exp)
         elif isinstance(intent, FromContainer):
             ctr = facts.containers.get(intent.container)
             if ctr is None:
@@ -168,8 +182,53 @@ def find_exposures(
             if depth > 0:
                 continue
             for inner in find_exposures(ctr.mounts, facts, depth=depth + 1):
-                found.append(Exposure(intent.via, inner.source, inner.socket, inner.exact, False))
+                found.append(
+                    Exposure(
+                        intent.via, inner.source, inner.socket, inner.exact, False, inner.reason
+                    )
+                )
     return tuple(found)
+
+
+def _path_forms(source: str) -> tuple[str, ...]:
+    """A source as given, and lexically cleaned first: the engine cleans bind sources
+    (`path.Clean`) before the kernel follows symlinks, so `/a/link/../x` is `/a/x` to it, while
+    resolving it as written gives `<link target>/../x`. Both are judged."""
+    cleaned = clean_host_path(source) if source.startswith("/") else source
+    return (source,) if cleaned == source else (source, cleaned)
+
+
+def _path_exposure(via: str, source: str, rewritable: bool, facts: HostFacts) -> Exposure | None:
+    for form in _path_forms(source):
+        found = _form_exposure(via, source, form, rewritable, facts)
+        if found is not None:
+            return found
+    return None
+
+
+def _form_exposure(
+    via: str, source: str, form: str, rewritable: bool, facts: HostFacts
+) -> Exposure | None:
+    path = _resolved(facts, form)
+    hit = exposed_socket(path, facts.protected)
+    if hit is not None:
+        sock, exact = hit
+        reason = ""
+        if not exact and sock.links > 1 and path.is_dir:
+            reason = (
+                f"the {sock.label} {sock.path} has {sock.links} hard links, so this folder of "
+                "its filesystem may hold one"
+            )
+        return Exposure(via, source, sock, exact, rewritable, reason)
+    procfs = reaches_procfs(path, facts.procfs)
+    if procfs is not None and facts.protected:
+        sock = facts.protected[0]
+        reason = (
+            f"it exposes the host procfs at {procfs}, whose /proc/<pid>/root leads to the "
+            f"{sock.label} {sock.path}"
+        )
+        return Exposure(via, source, sock, False, rewritable, reason)
+    return None
 
 
 def image_denied_message(image_name: str, why: str, settings_where: str) -> str:
@@ -196,6 +255,89 @@ def _why_not(verdict: ImageVerdict) -> str:
     return "image is not in the allowed list"
 
 
+def _folder_denial(exposures: tuple[Exposure, ...], image_name: str) -> Decision | None:
+    for exp in exposures:
+        if exp.exact:
+            continue
+        if exp.reason:
+            what = f"{exp.via} mounts {exp.source}: {exp.reason}"
+        else:
+            what = (
+                f"{exp.via} mounts {exp.source}, a folder that holds the {exp.socket.label} "
+                f"{exp.socket.path}"
+            )
+        return deny(
+            403,
+            f'docker socket mount denied for container with image "{image_name}"; {what}; '
+            "mount the socket file itself instead",
+            "socket-mount-folder",
+            via=exp.via,
+        )
+    return None
+
+
+def decide_start(
+    exposures: tuple[Exposure, ...],
+    image_name: str,
+    verdict: ImageVerdict | None,
+    *,
+    container_socket: str,
+    settings_where: str,
+) -> Decision:
+    """Judge starting (or restarting) a container whose mounts, resolved now, reach a socket.
+
+    A bind source is a path the engine resolves again at every start: a symlink swapped
+    since the create, or a container made without eci-agent, must not get the socket. The only
+    socket a container may hold is the agent's container-facing one, put there by an allowed
+    create, and only while its image is still allowed (`verdict`, None if not inspectable).
+    """
+    if not exposures:
+        return ALLOW
+    folder = _folder_denial(exposures, image_name)
+    if folder is not None:
+        return folder
+    for exp in exposures:
+        if exp.socket.path != container_socket:
+            return deny(
+                403,
+                f'docker socket mount denied for container with image "{image_name}"; '
+                f"{exp.via} now mounts the {exp.socket.label} {exp.socket.path} itself, which "
+                "eci-agent never hands out; remove the container and create it again through "
+                "eci-agent",
+                "start-raw-socket",
+                via=exp.via,
+            )
+    if verdict is None:
+        why = "the image could not be inspected, so it cannot be verified"
+        return deny(403, image_denied_message(image_name, why, settings_where), "start-image")
+    if not verdict.allowed:
+        return deny(
+            403,
+            image_denied_message(image_name, _why_not(verdict), settings_where),
+            "start-image",
+            reason=verdict.reason,
+        )
+    return Decision(True, rule="socket-mount-start-allowed")
+
+
+def decide_plugin(exposures: tuple[Exposure, ...], plugin: str) -> Decision:
+    """Plugins are not containers of the image list: none may mount an engine socket."""
+    for exp in exposures:
+        how = exp.reason or (
+            f"the {exp.socket.label} {exp.socket.path}"
+            if exp.exact
+            else f"a folder that holds the {exp.socket.label} {exp.socket.path}"
+        )
+        return deny(
+            403,
+            f'docker socket mount denied for plugin "{plugin}"; {exp.via} mounts {exp.source} '
+            f"({how}); plugins may not mount the engine socket",
+            "plugin-socket",
+            via=exp.via,
+        )
+    return ALLOW
+
+
 def decide_socket_mount(
     exposures: tuple[Exposure, ...],
     image_name: str,
@@ -211,16 +353,9 @@ def decide_socket_mount(
     """
     if not exposures:
         return ALLOW
-    for exp in exposures:
-        if not exp.exact:
-            return deny(
-                403,
-                f'docker socket mount denied for container with image "{image_name}"; '
-                f"{exp.via} mounts {exp.source}, a folder that holds the {exp.socket.label} "
-                f"{exp.socket.path}; mount the socket file itself instead",
-                "socket-mount-folder",
-                via=exp.via,
-            )
+    folder = _folder_denial(exposures, image_name)
+    if folder is not None:
+        return folder
     if verdict is None or image_id is None:
         return deny(
             403,

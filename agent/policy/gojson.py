@@ -17,6 +17,12 @@ on the last, or miss `"binds"` altogether. So objects stay as ordered key/value 
   replaces, and `null` never erases what came before. The last rule errs towards seeing more
   than the engine: the policy may refuse a request the engine would have read as empty, never
   the reverse.
+- An array given again is decoded *into* the slice the earlier one left, as Go does
+  (golang/go#21092): element `i` of the new array is decoded into element `i` of the old backing
+  array, so an object element merges with the old one and a `null` element leaves the old
+  element as it was; elements past the old length but within its capacity come back too. So
+  `"Mounts": [{"Type": "bind", "Source": S}], "Mounts": [{"Target": "/s"}]` is a bind of `S`
+  to the engine, and the policy must see it that way (`GoArray` keeps the hidden elements).
 - `obj.entries()` reads a map: exact keys, last one wins.
 
 Anything Go would refuse (NaN, Infinity) is refused here too.
@@ -77,10 +83,7 @@ class GoObject:
                 if result is MISSING:
                     result = None
                 continue
-            if isinstance(value, GoObject) and isinstance(result, GoObject):
-                result = GoObject(result.pairs + value.pairs)
-            else:
-                result = value
+            result = _decode_into(result, value)
         return default if result is MISSING else result
 
     def has_field(self, name: str) -> bool:
@@ -107,6 +110,56 @@ class GoObject:
     def to_plain(self) -> dict[str, Any]:
         """A plain dict (last key wins, nested objects converted) for display only."""
         return {k: to_plain(v) for k, v in self.pairs}
+
+
+class GoArray(list[Any]):
+    """A decoded JSON array as a Go slice: the visible elements, and what its backing array
+    still holds past them (`hidden`, up to the capacity Go's decoder gave it)."""
+
+    def __init__(self, visible: list[Any], hidden: list[Any] | None = None) -> None:
+        super().__init__(visible)
+        self.hidden: list[Any] = hidden if hidden is not None else []
+
+
+def _decode_into(old: Any, new: Any) -> Any:
+    """The value Go holds after decoding JSON `new` into a value that already holds `old`.
+
+    A `null` leaves the old value (Go keeps a struct or scalar; it would clear a pointer or
+    slice, and keeping errs towards seeing more).
+    """
+    if new is None:
+        return old
+    if isinstance(new, GoObject):
+        if isinstance(old, GoObject):
+            return GoObject(old.pairs + new.pairs)
+        return new
+    if isinstance(new, list):
+        return _decode_array_into(old, new)
+    return new
+
+
+def _decode_array_into(old: Any, new: list[Any]) -> GoArray:
+    """Go 1.x `decodeState.array` for a slice: grow by half (at least 4), keep the backing."""
+    if isinstance(old, list):
+        backing: list[Any] = list(old) + list(getattr(old, "hidden", []))
+        length = len(old)
+    else:
+        backing, length = [], 0
+    cap = len(backing)
+    i = 0
+    for element in new:
+        if i >= cap:
+            cap = max(cap + cap // 2, 4)
+            backing = backing[:length] + [MISSING] * (cap - length)
+        if i >= length:
+            length = i + 1
+        backing[i] = _decode_into(backing[i], element)
+        i += 1
+    if i == 0:
+        return GoArray([])
+    length = min(length, i)
+    visible = [None if v is MISSING else v for v in backing[:length]]
+    return GoArray(visible, backing[length:])
 
 
 def to_plain(value: Any) -> Any:

@@ -74,17 +74,52 @@ def parse_bind_spec(spec: str, where: str) -> MountIntent | None:
     return NamedVolume(source, where)
 
 
-def local_driver_device(driver: Any, options: Any) -> str | None:
-    """The host path or device a local-driver volume mounts, if its options name one."""
+#: Local-driver mount types whose `device` is not a host path: memory and network filesystems.
+SAFE_LOCAL_TYPES = frozenset({"tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3"})
+
+
+def local_volume_mount(driver: Any, options: Any, where: str) -> HostPath | None:
+    """The host path a local-driver volume with these options bind-mounts, if any.
+
+    The local driver calls mount(2) with `device`, `type` and `o` (moby `volume/local`): with
+    `bind` or `rbind` among the `o` flags, `device` is a host path (judged like a bind source;
+    it must be absolute, as the engine's working directory is unknown here). Without them, a
+    memory or network filesystem is harmless, but any other type mounts something the policy
+    cannot judge from its name: the filesystem that holds the socket again (`ext4` on the root
+    disk), a host procfs (`proc`, whose `/proc/<pid>/root` leads to the socket), an overlay of
+    host folders. Those raise `UnreadableMount`, and the request is refused.
+    """
     if isinstance(driver, str) and driver not in ("", "local"):
         return None
-    if not isinstance(options, GoObject):
+    if isinstance(options, GoObject):
+        entries: dict[str, Any] = options.entries()
+    elif isinstance(options, dict):
+        entries = options
+    else:
         return None
-    entries = options.entries()
-    device = entries.get("device")
-    if isinstance(device, str) and device:
-        return device
-    return None
+    values: dict[str, str] = {}
+    for key in ("type", "device", "o"):
+        value = entries.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UnreadableMount(f"{where}: volume option {key!r} must be a string")
+        values[key] = value or ""
+    kind, device, flags = values["type"], values["device"], values["o"].split(",")
+    if not kind and not device:
+        return None  # nothing to mount: a plain volume
+    if "bind" in flags or "rbind" in flags:
+        if not device.startswith("/"):
+            raise UnreadableMount(
+                f"{where}: the bind device {device!r} is not an absolute path; it would be "
+                "found from the engine's working directory"
+            )
+        return HostPath(device, where, rewritable=False)
+    if kind in SAFE_LOCAL_TYPES:
+        return None
+    raise UnreadableMount(
+        f"{where}: eci-agent cannot tell what a local volume of type {kind!r} on {device!r} "
+        "would expose (only bind, tmpfs and network volumes are judged); mount it on the host "
+        "and bind-mount its folder instead"
+    )
 
 
 def _mounts(value: Any, where: str) -> list[MountIntent]:
@@ -105,13 +140,13 @@ def _mounts(value: Any, where: str) -> list[MountIntent]:
             opts = mount.field("VolumeOptions")
             driver_config = opts.field("DriverConfig") if isinstance(opts, GoObject) else None
             if isinstance(driver_config, GoObject):
-                device = local_driver_device(
-                    driver_config.field("Name", ""), driver_config.field("Options")
+                device = local_volume_mount(
+                    driver_config.field("Name", ""),
+                    driver_config.field("Options"),
+                    f"{at}.VolumeOptions.DriverConfig",
                 )
                 if device is not None:
-                    intents.append(
-                        HostPath(device, f"{at}.VolumeOptions.DriverConfig", rewritable=False)
-                    )
+                    intents.append(device)
             if source:
                 intents.append(NamedVolume(source, f"{at}.Source"))
         elif kind in ("tmpfs", "image", "cluster"):
@@ -173,9 +208,36 @@ def host_config_mounts(host_config: GoObject, where: str) -> list[MountIntent]:
     return intents
 
 
-def volume_create_device(body: GoObject) -> str | None:
-    """The host path a `POST /volumes/create` body would mount, if any."""
-    return local_driver_device(body.field("Driver", ""), body.field("DriverOpts"))
+def volume_create_mount(body: GoObject) -> HostPath | None:
+    """The host path a `POST /volumes/create` body would mount, if any (see
+    `local_volume_mount`, which raises `UnreadableMount` for what cannot be judged)."""
+    return local_volume_mount(body.field("Driver", ""), body.field("DriverOpts"), "DriverOpts")
+
+
+def plugin_mounts(info: dict[str, Any], name: str) -> tuple[HostPath, ...]:
+    """The host paths a plugin's container gets (`GET /plugins/{name}/json`).
+
+    `Settings.Mounts` is what the engine uses (the config's mounts with `docker plugin set`
+    applied); `Config.Mounts` is read too. A mount with an absolute source, or of type bind, is
+    a host path; a relative bind source cannot be judged.
+    """
+    found: list[HostPath] = []
+    for section in ("Settings", "Config"):
+        part = info.get(section) or {}
+        for i, mount in enumerate(part.get("Mounts") or []):
+            where = f"plugin {name} {section}.Mounts[{i}]"
+            if not isinstance(mount, dict):
+                raise UnreadableMount(f"{where}: expected an object")
+            source, kind = mount.get("Source"), mount.get("Type") or ""
+            if source is None or source == "":
+                continue
+            if not isinstance(source, str):
+                raise UnreadableMount(f"{where}: Source must be a string")
+            if source.startswith("/"):
+                found.append(HostPath(source, where, rewritable=False))
+            elif kind == "bind":
+                raise UnreadableMount(f"{where}: the bind source {source!r} is not absolute")
+    return tuple(found)
 
 
 def clean_host_path(path: str) -> str:
@@ -188,12 +250,19 @@ def clean_host_path(path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProtectedSocket:
-    """A socket that leads to the engine: its path, resolved path and inode (if it exists)."""
+    """A socket that leads to the engine: its path, resolved path and inode (if it exists).
+
+    `links` is its hard-link count (more than 1: a link to it may sit in any folder of its
+    filesystem); `aliases` are the other paths under which the mount table shows it (a bind
+    mount of its folder elsewhere), see `socket_aliases`.
+    """
 
     path: str
     resolved: str
     inode: tuple[int, int] | None = None
     label: str = "engine socket"
+    links: int = 1
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +273,7 @@ class ResolvedPath:
     resolved: str
     inode: tuple[int, int] | None = None
     is_socket: bool = False
+    is_dir: bool = False
 
 
 def exposed_socket(
@@ -217,6 +287,7 @@ def exposed_socket(
     candidates = {clean_host_path(path.source), clean_host_path(path.resolved)}
     for sock in protected:
         targets = {clean_host_path(sock.path), clean_host_path(sock.resolved)}
+        targets |= {clean_host_path(a) for a in sock.aliases}
         if candidates & targets:
             return sock, True
         if path.inode is not None and sock.inode is not None and path.inode == sock.inode:
@@ -225,4 +296,126 @@ def exposed_socket(
             prefix = candidate.rstrip("/") + "/"
             if any(t.startswith(prefix) for t in targets):
                 return sock, False
+        if (
+            path.is_dir
+            and sock.links > 1
+            and path.inode is not None
+            and sock.inode is not None
+            and path.inode[0] == sock.inode[0]
+        ):
+            return sock, False  # a hard link to the socket may be anywhere on this filesystem
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The mount table (/proc/self/mountinfo): where else a socket shows, and where procfs is
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    """One line of mountinfo: `root` of the filesystem `dev` is shown at `mount_point`."""
+
+    mount_point: str
+    root: str
+    dev: tuple[int, int]  # (major, minor)
+    fstype: str
+
+
+def _unescape_mountinfo(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> tuple[MountEntry, ...]:
+    """Parse /proc/<pid>/mountinfo (proc(5)); unreadable lines are skipped."""
+    entries: list[MountEntry] = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or not tail:
+            continue
+        major, _, minor = fields[2].partition(":")
+        if not (major.isdigit() and minor.isdigit()):
+            continue
+        entries.append(
+            MountEntry(
+                _unescape_mountinfo(fields[4]),
+                _unescape_mountinfo(fields[3]),
+                (int(major), int(minor)),
+                tail[0],
+            )
+        )
+    return tuple(entries)
+
+
+def _under(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` ("" when equal), or None when it is not inside it."""
+    if path == folder:
+        return ""
+    prefix = folder.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def socket_aliases(
+    resolved: str, dev: tuple[int, int], table: tuple[MountEntry, ...]
+) -> tuple[str, ...]:
+    """Every path at which the mount table shows the file at `resolved` (on device `dev`).
+
+    The mount that holds it gives its path inside the filesystem; every other mount of the same
+    filesystem whose root is above that path shows it too (a bind mount of `/run` at
+    `/srv/x/run` shows `/srv/x/run/docker.sock`). Mounts hidden under others are included:
+    seeing too much only refuses more.
+    """
+    path = clean_host_path(resolved)
+    holder: MountEntry | None = None
+    for entry in table:
+        if entry.dev != dev or _under(path, entry.mount_point) is None:
+            continue
+        if holder is None or len(entry.mount_point) >= len(holder.mount_point):
+            holder = entry
+    if holder is None:
+        return ()
+    rest = _under(path, holder.mount_point) or ""
+    in_fs = posixpath.join(holder.root, rest) if rest else holder.root
+    aliases: list[str] = []
+    for entry in table:
+        if entry.dev != dev:
+            continue
+        below = _under(in_fs, entry.root)
+        if below is None:
+            continue
+        alias = clean_host_path(
+            posixpath.join(entry.mount_point, below) if below else entry.mount_point
+        )
+        if alias != path and alias not in aliases:
+            aliases.append(alias)
+    return tuple(aliases)
+
+
+def procfs_mount_points(table: tuple[MountEntry, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(e.mount_point for e in table if e.fstype == "proc"))
+
+
+def reaches_procfs(path: ResolvedPath, procfs: tuple[str, ...]) -> str | None:
+    """The procfs mount a host path exposes, if any.
+
+    A folder of a host procfs (`/proc`, `/proc/1`, `/proc/self`) lists host processes, and
+    `/proc/<pid>/root` of any of them is the host's root, engine socket included; a folder
+    with a procfs mounted below it brings it along (bind mounts are recursive). Files of a
+    procfs are fine: the magic links among them are resolved to their targets, which are
+    judged themselves.
+    """
+    resolved = clean_host_path(path.resolved)
+    for point in procfs:
+        if path.is_dir and _under(resolved, point) is not None:
+            return point
+        if _under(point, resolved) not in (None, ""):
+            return point
     return None

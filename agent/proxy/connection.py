@@ -427,7 +427,8 @@ class ProxyConnection:
             headers.insert(0, (b"Host", b"docker"))
         if ex.engine_body is not None:
             headers.append((b"Content-Length", str(len(ex.engine_body)).encode()))
-        request = h11.Request(method=ex.head.method, target=ex.head.target, headers=headers)
+        target = ex.decision.target if ex.decision and ex.decision.target else ex.head.target
+        request = h11.Request(method=ex.head.method, target=target, headers=headers)
         out += self._to_engine(request)
         if ex.engine_body is not None:
             if ex.engine_body:

@@ -10,6 +10,7 @@ containers and images, asks the registry for digests, and hands all of it to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +33,9 @@ from agent.policy.decide import (
     MissingFact,
     VolumeFact,
     bad_request,
+    decide_plugin,
     decide_socket_mount,
+    decide_start,
     deny,
     find_exposures,
     host_paths_needed,
@@ -40,6 +43,7 @@ from agent.policy.decide import (
 from agent.policy.gojson import GoObject
 from agent.policy.imageref import InvalidReference, parse_image_ref
 from agent.policy.images import (
+    ImageVerdict,
     LocalImage,
     RegistryAnswer,
     RegistryQuery,
@@ -49,6 +53,7 @@ from agent.policy.images import (
 from agent.policy.mounts import (
     FromContainer,
     HostPath,
+    MountEntry,
     MountIntent,
     NamedVolume,
     ProtectedSocket,
@@ -56,10 +61,15 @@ from agent.policy.mounts import (
     UnreadableMount,
     create_mounts,
     exposed_socket,
+    local_volume_mount,
     parse_bind_spec,
-    volume_create_device,
+    parse_mountinfo,
+    plugin_mounts,
+    procfs_mount_points,
+    socket_aliases,
+    volume_create_mount,
 )
-from agent.policy.routes import BadTarget, canonical_target, match_route
+from agent.policy.routes import BadTarget, Target, canonical_target, match_route
 from agent.proxy.connection import Request, RequestHead, Verify
 from agent.proxy.server import Peer
 from agent.registry.client import RegistryClient, RegistryError
@@ -79,7 +89,12 @@ BODY_ROUTES = frozenset(
     }
 )
 
+#: Routes that (re)start a container: its bind sources are resolved again by the engine then.
+START_ROUTES = frozenset({"POST /containers/{id}/start", "POST /containers/{id}/restart"})
+PLUGIN_ENABLE = "POST /plugins/{name}/enable"
+
 WELL_KNOWN_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+MOUNTINFO = "/proc/self/mountinfo"
 REGISTRY_TTL = 60.0
 
 
@@ -193,21 +208,32 @@ class Gate:
                 None,
             )
         key = match.route.key
+        try:
+            if key in START_ROUTES:
+                if (request.body or b"").strip():
+                    return (
+                        deny(
+                            403,
+                            "starting a container with a HostConfig in the request body (the "
+                            "pre-1.24 API form) is refused; give the HostConfig when creating "
+                            "the container",
+                            "start-with-hostconfig",
+                        ),
+                        None,
+                    )
+                decision, pinned = await self._judge_start(match.params["id"])
+                action = key.rsplit("/", 1)[1]
+                return _pin(decision, target, head.target, f"/containers/{pinned}/{action}"), None
+            if key == PLUGIN_ENABLE:
+                decision, pinned = await self._judge_plugin_enable(match.params["name"])
+                return _pin(decision, target, head.target, f"/plugins/{pinned}/enable"), None
+        except UnreadableMount as err:
+            return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
         if key not in BODY_ROUTES:
             return ALLOW, None
         body = request.body or b""
         if not body.strip():
             return ALLOW, None
-        if key == "POST /containers/{id}/start":
-            return (
-                deny(
-                    403,
-                    "starting a container with a HostConfig in the request body (the pre-1.24 "
-                    "API form) is refused; give the HostConfig when creating the container",
-                    "start-with-hostconfig",
-                ),
-                None,
-            )
         if not _is_json_content_type(head.header(b"content-type")):
             return (
                 bad_request(
@@ -241,7 +267,12 @@ class Gate:
         if not intents:
             return ALLOW, None
         facts = await self._host_facts(intents)
-        exposures = find_exposures(intents, facts)
+        try:
+            exposures = find_exposures(intents, facts)
+        except UnreadableMount as err:
+            return deny(
+                403, f"cannot judge the mounts of this create: {err}", "unjudgeable-mount"
+            ), None
         if not exposures:
             return ALLOW, None
         image_text = body.field("Image", "")
@@ -255,13 +286,7 @@ class Gate:
                 Decision(False, 404, f"No such image: {image_text}", "no-such-image"),
                 None,
             )
-        settings = self.config.current().settings
-        image_list = settings.eci.socket_mount.image_list
-        bases: tuple[LocalImage, ...] = ()
-        if image_list.allow_derived_images and image.is_local_only:
-            bases = await self._derived_bases(image_list)
-        answers = await self._registry_answers(registry_queries(image_list, (image, *bases)))
-        verdict = judge_image(image_list, image, answers, bases)
+        verdict = await self._image_verdict(image)
         decision = decide_socket_mount(
             exposures,
             image_name,
@@ -275,10 +300,76 @@ class Gate:
         sources = frozenset(r.old_source for r in decision.rewrites)
         return decision, _rewrite_create(body, self.config.container_socket, sources).encode()
 
+    async def _image_verdict(self, image: LocalImage) -> ImageVerdict:
+        settings = self.config.current().settings
+        image_list = settings.eci.socket_mount.image_list
+        bases: tuple[LocalImage, ...] = ()
+        if image_list.allow_derived_images and image.is_local_only:
+            bases = await self._derived_bases(image_list)
+        answers = await self._registry_answers(registry_queries(image_list, (image, *bases)))
+        return judge_image(image_list, image, answers, bases)
+
+    async def _judge_start(self, name: str) -> tuple[Decision, str]:
+        """A (re)start: the engine resolves every bind source again, so judge them again.
+
+        Also returns the container's ID, which the start is forwarded with.
+        """
+        try:
+            info = await asyncio.to_thread(self.engine.inspect_container, name)
+        except docker.errors.NotFound:
+            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+        container_id = info["Id"]
+        intents = _container_fact(name, info).mounts
+        if not intents:
+            return ALLOW, container_id
+        facts = await self._host_facts(intents)
+        exposures = find_exposures(intents, facts)
+        if not exposures:
+            return ALLOW, container_id
+        image_id = info.get("Image")
+        image_text = (info.get("Config") or {}).get("Image") or image_id or ""
+        image = await self._local_image(image_id) if image_id else None
+        verdict = await self._image_verdict(image) if image is not None else None
+        decision = decide_start(
+            exposures,
+            _display_name(image_text),
+            verdict,
+            container_socket=self.config.container_socket,
+            settings_where=self.config.settings_where(),
+        )
+        if not decision.allowed and (info.get("HostConfig") or {}).get("AutoRemove"):
+            # The engine removes an auto-remove container whose start failed, and `docker run
+            # --rm` waits for that removal: do the same, or the client waits forever.
+            try:
+                await asyncio.to_thread(
+                    self.engine.remove_container, container_id, v=True, force=True
+                )
+            except docker.errors.APIError as err:
+                log.warning("cannot remove refused auto-remove container %s: %s", name, err)
+        return decision, container_id
+
+    async def _judge_plugin_enable(self, name: str) -> tuple[Decision, str]:
+        """A plugin runs as a container with the mounts its config asks for (and its ID)."""
+        try:
+            info = await asyncio.to_thread(self.engine.inspect_plugin, name)
+        except docker.errors.NotFound:
+            return Decision(False, 404, f"plugin {name!r} not found", "no-such-plugin"), name
+        plugin_id = info["Id"]
+        intents = plugin_mounts(info, name)
+        if not intents:
+            return ALLOW, plugin_id
+        facts = await self._host_facts(intents)
+        decision = decide_plugin(find_exposures(intents, facts), info.get("Name") or name)
+        return decision, plugin_id
+
     async def _judge_volume_create(self, body: GoObject) -> Decision:
-        device = volume_create_device(body)
-        if device is None:
+        try:
+            mount = volume_create_mount(body)
+        except UnreadableMount as err:
+            return deny(403, f"cannot judge this volume: {err}", "volume-unjudgeable")
+        if mount is None:
             return ALLOW
+        device = mount.source
         protected = await asyncio.to_thread(self._protected)
         resolved = await asyncio.to_thread(_resolve, device)
         hit = exposed_socket(resolved, protected)
@@ -320,6 +411,7 @@ class Gate:
     # -- facts -----------------------------------------------------------------------------------
 
     def _protected(self) -> tuple[ProtectedSocket, ...]:
+        table = _mount_table()
         paths = [(p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, self.config.engine_socket)] + [
             (p, "eci-agent socket") for p in (*self.config.listen_sockets,)
         ]
@@ -331,7 +423,20 @@ class Gate:
                 continue
             seen.add(path)
             resolved = _resolve(path)
-            out.append(ProtectedSocket(path, resolved.resolved, resolved.inode, label))
+            links = 1
+            aliases: tuple[str, ...] = ()
+            if resolved.inode is not None:
+                dev = resolved.inode[0]
+                try:
+                    links = os.stat(resolved.resolved).st_nlink
+                except OSError:
+                    pass
+                aliases = socket_aliases(resolved.resolved, (os.major(dev), os.minor(dev)), table)
+            out.append(
+                ProtectedSocket(
+                    path, resolved.resolved, resolved.inode, label, links=links, aliases=aliases
+                )
+            )
         return tuple(out)
 
     async def _host_facts(self, intents: tuple[MountIntent, ...]) -> HostFacts:
@@ -350,20 +455,19 @@ class Gate:
         needed = host_paths_needed(intents, partial)
         paths = await asyncio.to_thread(lambda: {p: _resolve(p) for p in needed})
         protected = await asyncio.to_thread(self._protected)
-        return HostFacts(protected, paths, volumes, containers)
+        procfs = procfs_mount_points(await asyncio.to_thread(_mount_table))
+        return HostFacts(protected, paths, volumes, containers, procfs)
 
     async def _volume(self, name: str) -> VolumeFact:
         try:
             info = await asyncio.to_thread(self.engine.inspect_volume, name)
         except docker.errors.NotFound:
             return VolumeFact(name, exists=False)
-        driver = info.get("Driver")
-        options = info.get("Options") or {}
-        device = None
-        if driver in (None, "", "local") and isinstance(options, dict):
-            dev = options.get("device")
-            device = dev if isinstance(dev, str) and dev else None
-        return VolumeFact(name, exists=True, device=device)
+        try:
+            mount = local_volume_mount(info.get("Driver") or "", info.get("Options") or {}, name)
+        except UnreadableMount as err:
+            return VolumeFact(name, exists=True, error=str(err))
+        return VolumeFact(name, exists=True, device=mount.source if mount else None)
 
     async def _container_mounts(self, name: str) -> ContainerFact:
         try:
@@ -372,20 +476,7 @@ class Gate:
             return ContainerFact(name, error="no such container")
         except docker.errors.APIError as err:
             return ContainerFact(name, error=str(err))
-        mounts: list[MountIntent] = []
-        for i, m in enumerate(info.get("Mounts") or []):
-            where = f"{name}.Mounts[{i}]"
-            if m.get("Type") == "bind" and m.get("Source"):
-                mounts.append(HostPath(m["Source"], where, rewritable=False))
-            elif m.get("Type") == "volume" and m.get("Name"):
-                mounts.append(NamedVolume(m["Name"], where))
-        for i, spec in enumerate((info.get("HostConfig") or {}).get("Binds") or []):
-            intent = parse_bind_spec(spec, f"{name}.HostConfig.Binds[{i}]")
-            if isinstance(intent, HostPath):
-                mounts.append(HostPath(intent.source, intent.via, rewritable=False))
-            elif intent is not None:
-                mounts.append(intent)
-        return ContainerFact(name, tuple(mounts))
+        return _container_fact(name, info)
 
     async def _local_image(self, name: str) -> LocalImage | None:
         try:
@@ -451,13 +542,55 @@ class Gate:
         )
 
 
+def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Decision:
+    """An allowed decision that forwards `path` (the judged object by ID) instead."""
+    if not decision.allowed:
+        return decision
+    prefix = f"/v{target.version}" if target.version is not None else ""
+    query = raw_target.partition("?")[2]
+    return dataclasses.replace(decision, target=prefix + path + ("?" + query if query else ""))
+
+
 def _resolve(path: str) -> ResolvedPath:
     resolved = os.path.realpath(path)
     try:
         st = os.stat(resolved)
     except OSError:
         return ResolvedPath(path, resolved)
-    return ResolvedPath(path, resolved, (st.st_dev, st.st_ino), stat.S_ISSOCK(st.st_mode))
+    return ResolvedPath(
+        path,
+        resolved,
+        (st.st_dev, st.st_ino),
+        stat.S_ISSOCK(st.st_mode),
+        stat.S_ISDIR(st.st_mode),
+    )
+
+
+def _mount_table() -> tuple[MountEntry, ...]:
+    """This process's mount table (the engine's too, when both run in the host namespace)."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            return parse_mountinfo(f.read())
+    except OSError:
+        return ()
+
+
+def _container_fact(name: str, info: dict[str, Any]) -> ContainerFact:
+    """A container's mounts from its inspect data: mount points and `HostConfig.Binds`."""
+    mounts: list[MountIntent] = []
+    for i, m in enumerate(info.get("Mounts") or []):
+        where = f"{name}.Mounts[{i}]"
+        if m.get("Type") == "bind" and m.get("Source"):
+            mounts.append(HostPath(m["Source"], where, rewritable=False))
+        elif m.get("Type") == "volume" and m.get("Name"):
+            mounts.append(NamedVolume(m["Name"], where))
+    for i, spec in enumerate((info.get("HostConfig") or {}).get("Binds") or []):
+        intent = parse_bind_spec(spec, f"{name}.HostConfig.Binds[{i}]")
+        if isinstance(intent, HostPath):
+            mounts.append(HostPath(intent.source, intent.via, rewritable=False))
+        elif intent is not None:
+            mounts.append(intent)
+    return ContainerFact(name, tuple(mounts))
 
 
 def _local_image(info: dict[str, Any]) -> LocalImage:

@@ -14,7 +14,9 @@ from agent.policy.decide import (
     MissingFact,
     Rewrite,
     VolumeFact,
+    decide_plugin,
     decide_socket_mount,
+    decide_start,
     find_exposures,
     host_paths_needed,
 )
@@ -26,6 +28,7 @@ from agent.policy.mounts import (
     NamedVolume,
     ProtectedSocket,
     ResolvedPath,
+    UnreadableMount,
 )
 
 SOCK = "/var/run/docker.sock"
@@ -381,3 +384,85 @@ def test_allowed_rewrites_to_the_container_socket(
     assert decision.expect_image_id == IMAGE_ID
     assert decision.details["entry"] == "alpine@sha256:..."
     assert decision.message == ""
+
+
+# -- facts the mount table and link counts add ---------------------------------------------------
+
+
+def test_a_folder_of_a_host_procfs_is_an_exposure() -> None:
+    paths = {"/proc": ResolvedPath("/proc", "/proc", (4, 1), is_dir=True)}
+    facts = HostFacts((ENGINE,), paths, procfs=("/proc",))
+    (exp,) = find_exposures((HostPath("/proc", B0),), facts)
+    assert not exp.exact and "/proc/<pid>/root" in exp.reason
+    decision = decide((exp,), ALLOWED)
+    assert decision.rule == "socket-mount-folder" and exp.reason in decision.message
+
+
+def test_a_folder_on_a_hard_linked_sockets_filesystem_is_an_exposure() -> None:
+    linked = ProtectedSocket(SOCK, "/run/docker.sock", INODE, links=3)
+    paths = {"/srv/d": ResolvedPath("/srv/d", "/srv/d", (INODE[0], 9), is_dir=True)}
+    (exp,) = find_exposures((HostPath("/srv/d", B0),), HostFacts((linked,), paths))
+    assert not exp.exact and "3 hard links" in exp.reason
+
+
+def test_an_unjudgeable_volume_is_refused_not_ignored() -> None:
+    facts = HostFacts((ENGINE,), {}, {"p": VolumeFact("p", True, error="type 'proc'")})
+    with pytest.raises(UnreadableMount, match="type 'proc'"):
+        find_exposures((NamedVolume("p", B0),), facts)
+
+
+# -- starting a container: its mounts are judged again ------------------------------------------
+
+CT_SOCK = ProtectedSocket(CONTAINER_SOCKET, CONTAINER_SOCKET, (24, 7), "eci-agent container socket")
+CT_EXPOSURE = Exposure("c.Mounts[0]", CONTAINER_SOCKET, CT_SOCK, True, False)
+
+
+def start(exposures: tuple[Exposure, ...], verdict: ImageVerdict | None) -> Decision:
+    return decide_start(
+        exposures, IMAGE, verdict, container_socket=CONTAINER_SOCKET, settings_where=WHERE
+    )
+
+
+def test_start_without_exposures_is_allowed() -> None:
+    assert start((), None) == ALLOW
+
+
+def test_start_with_the_container_socket_needs_an_allowed_image() -> None:
+    assert start((CT_EXPOSURE,), ALLOWED).allowed
+    refused = start((CT_EXPOSURE,), NOT_LISTED)
+    assert not refused.allowed and refused.message == NOT_LISTED_MESSAGE
+    assert not start((CT_EXPOSURE,), None).allowed
+
+
+@pytest.mark.parametrize(
+    ("exposures", "rule", "word"),
+    [
+        ((EXACT,), "start-raw-socket", "never hands out"),
+        ((CT_EXPOSURE, EXACT), "start-raw-socket", SOCK),
+        ((FOLDER,), "socket-mount-folder", "/var/run"),
+    ],
+)
+def test_start_never_hands_out_the_raw_socket(
+    exposures: tuple[Exposure, ...], rule: str, word: str
+) -> None:
+    decision = start(exposures, ALLOWED)
+    assert not decision.allowed and decision.status == 403
+    assert decision.rule == rule and word in decision.message
+
+
+def test_plugins_may_not_mount_the_socket() -> None:
+    assert decide_plugin((), "p") == ALLOW
+    decision = decide_plugin((FOLDER,), "evil:latest")
+    assert not decision.allowed and decision.rule == "plugin-socket"
+    assert '"evil:latest"' in decision.message and "/var/run" in decision.message
+
+
+def test_a_source_is_judged_as_written_and_as_the_engine_cleans_it() -> None:
+    raw, cleaned = "/home/u/link/../x", "/home/u/x"
+    assert host_paths_needed((HostPath(raw, B0),)) == {raw, cleaned}
+    paths = {
+        raw: ResolvedPath(raw, "/run/x"),  # the link's target, then `..`
+        cleaned: ResolvedPath(cleaned, "/run/docker.sock", INODE, True),  # x -> the socket
+    }
+    (exp,) = find_exposures((HostPath(raw, B0),), HostFacts((ENGINE,), paths))
+    assert exp.exact and exp.source == raw

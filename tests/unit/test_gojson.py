@@ -38,6 +38,23 @@ FIELD_CASES: list[tuple[str, str, str, Any]] = [
     ("null then value", '{"a": null, "a": 2}', "a", 2),
     ("scalar replaces object", '{"a": {"x": 1}, "a": 5}', "a", 5),
     ("other keys do not match", '{"host_config": 1, "hostconfigs": 2}', "HostConfig", MISSING),
+    # golang/go#21092: a repeated array is decoded into the earlier slice's elements
+    ("array elements merge", '{"a": [{"x": 1}], "a": [{"y": 2}]}', "a", [{"x": 1, "y": 2}]),
+    ("null element keeps the old one", '{"a": ["s"], "a": [null]}', "a", ["s"]),
+    ("null element, nothing before", '{"a": [null]}', "a", [None]),
+    ("shorter array truncates", '{"a": ["s", "t"], "a": ["u"]}', "a", ["u"]),
+    (
+        "hidden backing elements come back",
+        '{"a": ["u", "s"], "a": ["u"], "A": ["u", null]}',
+        "a",
+        ["u", "s"],
+    ),
+    (
+        "growth past capacity drops the hidden elements",
+        '{"a": [1, 2, 3], "a": [1], "a": [null, null, null, null, null]}',
+        "a",
+        [1, 2, 3, None, None],
+    ),
     ("absent field", "{}", "Binds", MISSING),
 ]
 
@@ -103,6 +120,20 @@ def test_fold() -> None:
     assert gojson.fold("HostConfig") == "hostconfig"
     assert gojson.fold("\u212a\u017f") == "ks"
     assert gojson.fold("Ärger") == gojson.fold("äRGER")
+
+
+def test_repeated_arrays_inside_merged_objects() -> None:
+    merged = obj(
+        '{"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/s"}]}, '
+        '"hostconfig": {"mounts": [{"Target": "/t"}]}}'
+    ).field("HostConfig")
+    assert gojson.to_plain(merged.field("Mounts")) == [
+        {"Type": "bind", "Source": "/s", "Target": "/t"}
+    ]
+
+
+def test_empty_array_clears_and_forgets() -> None:
+    assert obj('{"a": ["s"], "a": [], "a": [null]}').field("a") == [None]
 
 
 def test_nested_values_parse() -> None:

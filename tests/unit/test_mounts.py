@@ -17,8 +17,13 @@ from agent.policy.mounts import (
     clean_host_path,
     create_mounts,
     exposed_socket,
+    local_volume_mount,
     parse_bind_spec,
-    volume_create_device,
+    parse_mountinfo,
+    plugin_mounts,
+    reaches_procfs,
+    socket_aliases,
+    volume_create_mount,
 )
 
 SOCK = "/var/run/docker.sock"
@@ -112,12 +117,12 @@ CREATE_CASES: list[tuple[str, str, tuple[MountIntent, ...]]] = [
     ),
     (
         "inline volume, driver name empty (local)",
-        hc(local_volume(f'{{"device": "{SOCK}"}}', name='"Name": "", ')),
+        hc(local_volume(f'{{"o": "rbind", "device": "{SOCK}"}}', name='"Name": "", ')),
         (HostPath(SOCK, DEVICE_VIA, rewritable=False), NamedVolume("sockvol", f"{M0}.Source")),
     ),
     (
         "inline volume, last device key wins (a Go map)",
-        hc(local_volume(f'{{"device": "/tmp", "device": "{SOCK}"}}')),
+        hc(local_volume(f'{{"o": "bind", "device": "/tmp", "device": "{SOCK}"}}')),
         (HostPath(SOCK, DEVICE_VIA, rewritable=False), NamedVolume("sockvol", f"{M0}.Source")),
     ),
     (
@@ -139,7 +144,7 @@ CREATE_CASES: list[tuple[str, str, tuple[MountIntent, ...]]] = [
         "anonymous inline local volume with device",
         hc(
             '"Mounts": [{"Type": "volume", "Target": "/s", "VolumeOptions": '
-            f'{{"DriverConfig": {{"Options": {{"device": "{SOCK}"}}}}}}}}]'
+            f'{{"DriverConfig": {{"Options": {{"o": "ro,bind", "device": "{SOCK}"}}}}}}}}]'
         ),
         (HostPath(SOCK, DEVICE_VIA, rewritable=False),),
     ),
@@ -314,6 +319,29 @@ UNREADABLE_CASES: list[tuple[str, str, str]] = [
     ("HostConfig is a string", '{"HostConfig": "x"}', "expected an object"),
     ("Volumes is a list", f'{{"Volumes": ["{SOCK}:/s"]}}', "expected an object"),
     ("top-level Binds is a string", f'{{"Binds": "{SOCK}:/s"}}', "expected an array"),
+    (
+        "inline volume, device without a type",
+        hc(local_volume(f'{{"device": "{SOCK}"}}')),
+        "type ''",
+    ),
+    ("inline volume, procfs", hc(local_volume('{"type": "proc", "device": "proc"}')), "'proc'"),
+    ("inline volume, a disk", hc(local_volume('{"type": "ext4", "device": "/dev/vda"}')), "'ext4'"),
+    (
+        "inline volume, overlay of host folders",
+        hc(local_volume('{"type": "overlay", "device": "x", "o": "lowerdir=/run"}')),
+        "'overlay'",
+    ),
+    (
+        "inline volume, bind flag with a space is not a bind",
+        hc(local_volume('{"type": "proc", "device": "/tmp", "o": " bind"}')),
+        "'proc'",
+    ),
+    (
+        "inline volume, relative bind device",
+        hc(local_volume('{"type": "none", "o": "bind", "device": "run"}')),
+        "not an absolute path",
+    ),
+    ("inline volume, option not a string", hc(local_volume('{"type": 5}')), "must be a string"),
 ]
 
 
@@ -341,27 +369,76 @@ def test_parse_bind_spec(spec: str, expected: MountIntent | None) -> None:
     assert parse_bind_spec(spec, "w") == expected
 
 
+BIND_OPTS = '"type": "none", "o": "bind", '
+
+
 @pytest.mark.parametrize(
     ("text", "device"),
     [
+        (f'{{"Name": "s", "DriverOpts": {{{BIND_OPTS}"device": "{SOCK}"}}}}', SOCK),
+        (f'{{"Driver": "local", "DriverOpts": {{"o": "bind", "device": "{SOCK}"}}}}', SOCK),
+        (f'{{"Driver": "", "DriverOpts": {{"o": "nodev,rbind", "device": "{SOCK}"}}}}', SOCK),
+        (f'{{"driveropts": {{{BIND_OPTS}"device": "{SOCK}"}}}}', SOCK),  # field names fold
         (
-            f'{{"Name": "s", "DriverOpts": {{"type": "none", "o": "bind", "device": "{SOCK}"}}}}',
-            SOCK,
+            f'{{"DriverOpts": {{{BIND_OPTS}"device": "/tmp"}}, "DriverOpts": {{"device": "{SOCK}"}}}}',
+            SOCK,  # the second object merges into the first map
         ),
-        (f'{{"Driver": "local", "DriverOpts": {{"device": "{SOCK}"}}}}', SOCK),
-        (f'{{"Driver": "", "DriverOpts": {{"device": "{SOCK}"}}}}', SOCK),
-        (f'{{"driveropts": {{"device": "{SOCK}"}}}}', SOCK),  # field names fold
-        (f'{{"DriverOpts": {{"device": "/tmp"}}, "DriverOpts": {{"device": "{SOCK}"}}}}', SOCK),
         (f'{{"Driver": "nfs", "DriverOpts": {{"device": "{SOCK}"}}}}', None),
         (f'{{"DriverOpts": {{"DEVICE": "{SOCK}"}}}}', None),
         ('{"DriverOpts": {"device": ""}}', None),
-        ('{"DriverOpts": {"device": 5}}', None),
+        ('{"DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}}', None),
+        ('{"DriverOpts": {"type": "nfs", "device": ":/export", "o": "addr=10.0.0.1"}}', None),
+        ('{"DriverOpts": {"type": "cifs", "device": "//srv/share"}}', None),
+        ('{"DriverOpts": {"size": "10G"}}', None),
         ('{"DriverOpts": null}', None),
         ('{"Name": "plain"}', None),
     ],
 )
-def test_volume_create_device(text: str, device: str | None) -> None:
-    assert volume_create_device(body(text)) == device
+def test_volume_create_mount(text: str, device: str | None) -> None:
+    mount = volume_create_mount(body(text))
+    assert (mount.source if mount else None) == device
+    if mount is not None:
+        assert not mount.rewritable
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"device": SOCK},
+        {"type": "ext4", "device": "/dev/sda1"},
+        {"type": "proc", "device": "proc"},
+        {"type": "sysfs", "device": "sysfs"},
+        {"type": "none", "o": "ro", "device": "/run"},
+        {"type": "none", "o": "bind", "device": "../run"},
+        {"device": 5},
+    ],
+)
+def test_local_volume_mount_refuses_what_it_cannot_judge(options: dict[str, object]) -> None:
+    with pytest.raises(UnreadableMount):
+        local_volume_mount("local", options, "v")
+
+
+def test_local_volume_mount_reads_inspect_dicts_and_ignores_plugins() -> None:
+    assert local_volume_mount("", {"o": "bind", "device": "/run"}, "v") == HostPath(
+        "/run", "v", rewritable=False
+    )
+    assert local_volume_mount("rexray", {"type": "proc"}, "v") is None
+    assert local_volume_mount("local", None, "v") is None
+
+
+def test_plugin_mounts() -> None:
+    info = {
+        "Name": "p:latest",
+        "Config": {"Mounts": [{"Source": "/run", "Type": "bind"}, {"Source": None}]},
+        "Settings": {"Mounts": [{"Source": SOCK, "Type": "bind"}, {"Source": "tmpfs"}]},
+    }
+    assert plugin_mounts(info, "p") == (
+        HostPath(SOCK, "plugin p Settings.Mounts[0]", rewritable=False),
+        HostPath("/run", "plugin p Config.Mounts[0]", rewritable=False),
+    )
+    with pytest.raises(UnreadableMount):
+        plugin_mounts({"Settings": {"Mounts": [{"Source": "rel", "Type": "bind"}]}}, "p")
+    assert plugin_mounts({}, "p") == ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,3 +525,65 @@ def test_exposed_socket_no_protected_sockets() -> None:
 )
 def test_clean_host_path(path: str, cleaned: str) -> None:
     assert clean_host_path(path) == cleaned
+
+
+def test_exposed_socket_hard_links_put_every_folder_of_its_filesystem_in_doubt() -> None:
+    linked = ProtectedSocket(SOCK, "/run/docker.sock", INODE, links=2)
+    folder = ResolvedPath("/home/u/d", "/home/u/d", (INODE[0], 5), is_dir=True)
+    assert exposed_socket(folder, (linked,)) == (linked, False)
+    assert exposed_socket(folder, (ENGINE,)) is None  # one link: only its own folders
+    other_fs = ResolvedPath("/mnt/d", "/mnt/d", (99, 5), is_dir=True)
+    assert exposed_socket(other_fs, (linked,)) is None
+    a_file = ResolvedPath("/home/u/f", "/home/u/f", (INODE[0], 6))
+    assert exposed_socket(a_file, (linked,)) is None
+
+
+def test_exposed_socket_aliases_from_the_mount_table() -> None:
+    aliased = ProtectedSocket(SOCK, "/run/docker.sock", INODE, aliases=("/srv/x/run/docker.sock",))
+    assert exposed_socket(rp("/srv/x"), (aliased,)) == (aliased, False)
+    assert exposed_socket(rp("/srv/x/run/docker.sock"), (aliased,)) == (aliased, True)
+    assert exposed_socket(rp("/srv/y"), (aliased,)) is None
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+26 24 0:24 / /dev/pts rw,relatime - devpts devpts rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:30 / /run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755
+41 27 0:30 / /srv/x/run rw,nosuid shared:5 - tmpfs tmpfs rw,mode=755
+42 27 0:30 /user /srv/y rw - tmpfs tmpfs rw
+43 27 254:0 /home/u /srv/with\\040space rw - ext4 /dev/vda rw
+44 27 0:45 / /var/lib/chroot/proc rw - proc proc rw
+bad line
+"""
+
+
+def test_parse_mountinfo() -> None:
+    table = parse_mountinfo(MOUNTINFO)
+    assert len(table) == 8
+    assert table[0].mount_point == "/proc" and table[0].fstype == "proc"
+    assert table[6].mount_point == "/srv/with space" and table[6].root == "/home/u"
+    assert table[2].dev == (254, 0)
+
+
+def test_socket_aliases() -> None:
+    table = parse_mountinfo(MOUNTINFO)
+    assert socket_aliases("/run/docker.sock", (0, 30), table) == ("/srv/x/run/docker.sock",)
+    assert socket_aliases("/home/u/p/s.sock", (254, 0), table) == ("/srv/with space/p/s.sock",)
+    assert socket_aliases("/run/docker.sock", (9, 9), table) == ()
+
+
+@pytest.mark.parametrize(
+    ("path", "hit"),
+    [
+        (ResolvedPath("/proc", "/proc", is_dir=True), "/proc"),
+        (ResolvedPath("/proc/self", "/proc/4242", is_dir=True), "/proc"),
+        (ResolvedPath("/proc/cpuinfo", "/proc/cpuinfo"), None),
+        (ResolvedPath("/var/lib/chroot", "/var/lib/chroot", is_dir=True), "/var/lib/chroot/proc"),
+        (ResolvedPath("/var/lib", "/var/lib", is_dir=True), "/var/lib/chroot/proc"),
+        (ResolvedPath("/home/u", "/home/u", is_dir=True), None),
+        (ResolvedPath("/procfoo", "/procfoo", is_dir=True), None),
+    ],
+)
+def test_reaches_procfs(path: ResolvedPath, hit: str | None) -> None:
+    assert reaches_procfs(path, ("/proc", "/var/lib/chroot/proc")) == hit

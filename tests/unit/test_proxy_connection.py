@@ -103,6 +103,13 @@ def test_rewritten_body_is_what_the_engine_gets() -> None:
     assert f"Content-Length: {len(new_body)}".encode() in fwd
 
 
+def test_pinned_target_is_what_the_engine_gets() -> None:
+    c = new()
+    c.client_data(b"POST /v1.41/containers/web/start?x=1 HTTP/1.1\r\nHost: d\r\n\r\n")
+    fwd = sent_engine(c.judged(Decision(True, rule="x", target="/v1.41/containers/abc/start?x=1")))
+    assert fwd.startswith(b"POST /v1.41/containers/abc/start?x=1 HTTP/1.1\r\n")
+
+
 @pytest.mark.parametrize(
     "raw",
     [
