@@ -211,6 +211,15 @@ class ProxyConnection:
         self._close_after_response = False
         self.requests_seen = 0
 
+    def engine_reusable(self) -> bool:
+        """Whether the engine connection sits cleanly between requests (can serve another)."""
+        return (
+            not self._engine_dirty
+            and self.phase is not Phase.SPLICED
+            and self.engine.our_state is h11.IDLE
+            and self.engine.their_state is h11.IDLE
+        )
+
     # -- inputs from the driver -----------------------------------------------------------
 
     def client_data(self, data: bytes) -> list[Command]:
@@ -580,7 +589,13 @@ class ProxyConnection:
         return out
 
     def _close_all(self) -> list[Command]:
+        # An engine connection idle between requests outlives its client (the driver pools
+        # it); anything else is closed with the client.
+        reusable = self.engine_reusable()
         self.phase = Phase.CLOSED
+        if reusable:
+            return [CloseClient()]
+        self._engine_dirty = True
         return [CloseEngine(), CloseClient()]
 
     # -- serialization helpers -------------------------------------------------------------

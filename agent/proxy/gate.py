@@ -20,9 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker
-import docker.errors
-
 from agent.policy import gojson
 from agent.policy.decide import (
     ALLOW,
@@ -71,6 +68,7 @@ from agent.policy.mounts import (
 )
 from agent.policy.routes import BadTarget, Target, canonical_target, match_route
 from agent.proxy.connection import Request, RequestHead, Verify
+from agent.proxy.engine_client import EngineClient, EngineError, NotFound
 from agent.proxy.server import Peer
 from agent.registry.client import RegistryClient, RegistryError
 from agent.settings.model import Effective
@@ -120,9 +118,7 @@ class Gate:
 
     def __init__(self, config: GateConfig) -> None:
         self.config = config
-        self.engine = docker.APIClient(
-            base_url="unix://" + config.engine_socket, version="1.41", timeout=30
-        )
+        self.engine = EngineClient(config.engine_socket)
         self._registry_cache: dict[RegistryQuery, tuple[float, RegistryAnswer]] = {}
         self._image_cache: dict[str, LocalImage] = {}
 
@@ -146,7 +142,7 @@ class Gate:
             decision, body = await self._judge(request)
         except MissingFact as err:
             decision, body = deny(503, f"cannot evaluate the policy: {err}", "fail-closed"), None
-        except docker.errors.APIError as err:
+        except EngineError as err:
             decision = deny(
                 503, f"cannot evaluate the policy: the engine answered {err}", "fail-closed"
             )
@@ -168,16 +164,16 @@ class Gate:
         except (ValueError, KeyError, TypeError):
             return False, 502, PREFIX + "the engine's create response could not be read"
         try:
-            info = await asyncio.to_thread(self.engine.inspect_container, container_id)
+            info = await self.engine.inspect_container(container_id)
             actual = info.get("Image")
-        except docker.errors.APIError as err:
+        except EngineError as err:
             actual = None
             log.warning("cannot inspect created container %s: %s", container_id, err)
         if actual == expected:
             return True, 201, ""
         try:
-            await asyncio.to_thread(self.engine.remove_container, container_id, force=True)
-        except docker.errors.APIError as err:
+            await self.engine.remove_container(container_id, force=True)
+        except EngineError as err:
             log.error("cannot remove mismatched container %s: %s", container_id, err)
         decision = deny(
             403,
@@ -315,8 +311,8 @@ class Gate:
         Also returns the container's ID, which the start is forwarded with.
         """
         try:
-            info = await asyncio.to_thread(self.engine.inspect_container, name)
-        except docker.errors.NotFound:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
             return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
         container_id = info["Id"]
         intents = _container_fact(name, info).mounts
@@ -341,18 +337,16 @@ class Gate:
             # The engine removes an auto-remove container whose start failed, and `docker run
             # --rm` waits for that removal: do the same, or the client waits forever.
             try:
-                await asyncio.to_thread(
-                    self.engine.remove_container, container_id, v=True, force=True
-                )
-            except docker.errors.APIError as err:
+                await self.engine.remove_container(container_id, v=True, force=True)
+            except EngineError as err:
                 log.warning("cannot remove refused auto-remove container %s: %s", name, err)
         return decision, container_id
 
     async def _judge_plugin_enable(self, name: str) -> tuple[Decision, str]:
         """A plugin runs as a container with the mounts its config asks for (and its ID)."""
         try:
-            info = await asyncio.to_thread(self.engine.inspect_plugin, name)
-        except docker.errors.NotFound:
+            info = await self.engine.inspect_plugin(name)
+        except NotFound:
             return Decision(False, 404, f"plugin {name!r} not found", "no-such-plugin"), name
         plugin_id = info["Id"]
         intents = plugin_mounts(info, name)
@@ -460,8 +454,8 @@ class Gate:
 
     async def _volume(self, name: str) -> VolumeFact:
         try:
-            info = await asyncio.to_thread(self.engine.inspect_volume, name)
-        except docker.errors.NotFound:
+            info = await self.engine.inspect_volume(name)
+        except NotFound:
             return VolumeFact(name, exists=False)
         try:
             mount = local_volume_mount(info.get("Driver") or "", info.get("Options") or {}, name)
@@ -471,22 +465,22 @@ class Gate:
 
     async def _container_mounts(self, name: str) -> ContainerFact:
         try:
-            info = await asyncio.to_thread(self.engine.inspect_container, name)
-        except docker.errors.NotFound:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
             return ContainerFact(name, error="no such container")
-        except docker.errors.APIError as err:
+        except EngineError as err:
             return ContainerFact(name, error=str(err))
         return _container_fact(name, info)
 
     async def _local_image(self, name: str) -> LocalImage | None:
         try:
-            info = await asyncio.to_thread(self.engine.inspect_image, name)
-        except docker.errors.NotFound:
+            info = await self.engine.inspect_image(name)
+        except NotFound:
             return None
         return _local_image(info)
 
     async def _derived_bases(self, image_list: Any) -> tuple[LocalImage, ...]:
-        listed = await asyncio.to_thread(self.engine.images)
+        listed = await self.engine.images()
         bases: list[LocalImage] = []
         for summary in listed:
             repo_digests = summary.get("RepoDigests") or []

@@ -40,6 +40,10 @@ from agent.proxy.connection import (
 log = logging.getLogger("eci_agent.proxy")
 
 READ_SIZE = 256 * 1024
+#: Pending connections the kernel queues for us (dockerd itself listens with 4096).
+BACKLOG = 4096
+#: Wait for the peer to read only when this much is buffered for it.
+HIGH_WATER = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,10 @@ class Gate(Protocol):
 class EnginePool:
     """A few pre-opened connections to the engine socket."""
 
-    def __init__(self, path: str, warm: int = 4) -> None:
+    def __init__(self, path: str, warm: int = 4, max_idle: int = 32) -> None:
         self.path = path
         self.warm = warm
+        self.max_idle = max_idle
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._filling: asyncio.Task[None] | None = None
 
@@ -92,6 +97,13 @@ class EnginePool:
             writer.close()
         self._refill()
         return await asyncio.open_unix_connection(self.path, limit=READ_SIZE)
+
+    def release(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Take back an engine connection that is idle between requests."""
+        if len(self._idle) < self.max_idle:
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
 
     def _refill(self) -> None:
         if self.warm <= 0 or (self._filling is not None and not self._filling.done()):
@@ -142,18 +154,44 @@ class _Session:
         self.spliced = False
 
     async def run(self) -> None:
+        client_task: asyncio.Task[None] | None = None
         try:
             self.ereader, self.ewriter = await self.pool.acquire()
             self.engine_task = asyncio.create_task(self._engine_loop(self.ereader))
-            await self._client_loop()
+            client_task = asyncio.create_task(self._client_loop())
             await self.closed.wait()
         except (ConnectionError, OSError) as err:
             log.debug("connection ended: %s", err)
         finally:
-            await self._close_engine()
+            if client_task is not None and client_task is not asyncio.current_task():
+                client_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await client_task
+            await self._release_engine()
             self.cwriter.close()
             with contextlib.suppress(Exception):
                 await self.cwriter.wait_closed()
+
+    async def _release_engine(self) -> None:
+        """Give a cleanly idle engine connection back to the pool; close anything else."""
+        if (
+            self.ereader is not None
+            and self.ewriter is not None
+            and not self.spliced
+            and self.conn.engine_reusable()
+            and not self.ereader.at_eof()
+            and not self.ewriter.is_closing()
+        ):
+            reader, writer, task = self.ereader, self.ewriter, self.engine_task
+            self.ereader = self.ewriter = None
+            self.engine_task = None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            self.pool.release(reader, writer)
+            return
+        await self._close_engine()
 
     async def _client_loop(self) -> None:
         while not self.closed.is_set():
@@ -211,11 +249,9 @@ class _Session:
                 writer = await self._ensure_engine()
                 writer.write(command.data)
             elif isinstance(command, Judge):
-                await self._drain()
                 decision, body = await self.gate.judge(command.request, self.peer)
                 await self._run(self.conn.judged(decision, body))
             elif isinstance(command, Verify):
-                await self._drain()
                 ok, status, message = await self.gate.verify(command, self.peer)
                 await self._run(self.conn.verified(ok, status, message))
             elif isinstance(command, Splice):
@@ -223,7 +259,7 @@ class _Session:
             elif isinstance(command, ShutdownEngine):
                 self.client_done = True
                 if self.ewriter is not None and self.ewriter.can_write_eof():
-                    await self._drain()
+                    await self._drain(force=True)
                     with contextlib.suppress(OSError):
                         self.ewriter.write_eof()
                 if self.engine_done:
@@ -231,29 +267,34 @@ class _Session:
             elif isinstance(command, ShutdownClient):
                 self.engine_done = True
                 if self.cwriter.can_write_eof():
-                    await self._drain()
+                    await self._drain(force=True)
                     with contextlib.suppress(OSError):
                         self.cwriter.write_eof()
                 if self.client_done:
                     self.closed.set()
             elif isinstance(command, CloseEngine):
-                await self._drain()
+                await self._drain(force=True)
                 await self._close_engine()
             elif isinstance(command, CloseClient):
-                await self._drain()
+                await self._drain(force=True)
                 self.closed.set()
             elif isinstance(command, Log):
                 log.debug("%s", command.message)
             else:  # pragma: no cover - a new command without a handler is a bug
                 raise RuntimeError(f"unexpected command {command!r}")
         await self._drain()
+        if self.cwriter.is_closing() and not self.closed.is_set():
+            # The client is gone (a write failed): stop, whatever the engine still sends.
+            self.closed.set()
 
-    async def _drain(self) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.cwriter.drain()
-        if self.ewriter is not None and not self.ewriter.is_closing():
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.ewriter.drain()
+    async def _drain(self, *, force: bool = False) -> None:
+        """Let the peers catch up when much is buffered for them (or always, with `force`)."""
+        for writer in (self.cwriter, self.ewriter):
+            if writer is None or writer.is_closing():
+                continue
+            if force or writer.transport.get_write_buffer_size() > HIGH_WATER:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.drain()
 
 
 class ProxyListener:
@@ -283,7 +324,7 @@ class ProxyListener:
     async def start(self) -> None:
         if self._sock is not None:
             self._server = await asyncio.start_unix_server(
-                self._accept, sock=self._sock, limit=READ_SIZE
+                self._accept, sock=self._sock, limit=READ_SIZE, backlog=BACKLOG
             )
             return
         with contextlib.suppress(FileNotFoundError):
@@ -291,7 +332,7 @@ class ProxyListener:
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
-                self._accept, path=self.path, limit=READ_SIZE
+                self._accept, path=self.path, limit=READ_SIZE, backlog=BACKLOG
             )
         finally:
             os.umask(old_umask)

@@ -144,3 +144,34 @@ def test_head_ping_and_version_negotiation(via_agent, direct):
     a = via_agent("version", "--format", "{{.Server.APIVersion}}", check=True).stdout
     b = direct("version", "--format", "{{.Server.APIVersion}}", check=True).stdout
     assert a == b and a.strip()
+
+
+def test_a_client_leaving_mid_stream_frees_its_engine_connection(agent, direct, stack, name):
+    """`logs -f` whose client goes away must not keep an engine connection (and task) alive."""
+    import socket
+
+    direct("run", "-d", "--name", name, "--network", "none", stack.images["busybox"],
+           "sh", "-c", "while true; do echo tick; sleep 0.1; done", check=True)  # fmt: skip
+    assert agent.proc is not None
+    fds = f"/proc/{agent.proc.pid}/fd"
+    try:
+        before = len(os.listdir(fds))
+        clients = []
+        for _ in range(20):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(agent.listen)
+            s.sendall(
+                f"GET /v1.41/containers/{name}/logs?follow=1&stdout=1 HTTP/1.1\r\nHost: d\r\n\r\n".encode()
+            )
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            clients.append(s)
+        during = len(os.listdir(fds))
+        assert during >= before + 20, "each follower holds a client and an engine connection"
+        for s in clients:
+            s.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(os.listdir(fds)) > before + 8:
+            time.sleep(0.1)
+        assert len(os.listdir(fds)) <= before + 8, (before, during, len(os.listdir(fds)))
+    finally:
+        direct("rm", "-f", name)
