@@ -393,3 +393,31 @@ def decide_socket_mount(
         expect_image_id=image_id,
         details={"entry": verdict.entry or "", "reason": verdict.reason},
     )
+
+
+def decide_container_peer(
+    container: str, image_name: str, verdict: ImageVerdict | None, *, settings_where: str
+) -> Decision:
+    """A process inside `container` talks to the agent's HOST-facing socket.
+
+    The agent never hands that socket to a container, so it was reached some other way (a
+    hard link inside a bound folder, a folder bound before the agent ran, ...). Such a client
+    gets no more than a socket mount would give it: it is served only while its image is one
+    the image list allows (`verdict`; None when the container or image could not be read).
+    """
+    if verdict is not None and verdict.allowed:
+        return ALLOW
+    why = (
+        _why_not(verdict)
+        if verdict is not None
+        else "the container's image could not be inspected, so it cannot be verified"
+    )
+    return deny(
+        403,
+        f'docker socket mount denied for container with image "{image_name}"; container '
+        f"{container[:12]} reached eci-agent's host socket, which containers may use only when "
+        f"their image may mount the engine socket; {why}; if you wish to allow it, configure "
+        f"the docker socket image list in {settings_where}",
+        "container-peer",
+        container=container,
+    )

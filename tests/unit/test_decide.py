@@ -466,3 +466,22 @@ def test_a_source_is_judged_as_written_and_as_the_engine_cleans_it() -> None:
     }
     (exp,) = find_exposures((HostPath(raw, B0),), HostFacts((ENGINE,), paths))
     assert exp.exact and exp.source == raw
+
+
+def test_container_peer_on_the_host_socket() -> None:
+    from agent.policy.decide import decide_container_peer
+    from agent.policy.images import ImageVerdict
+
+    cid = "ab" * 32
+    allowed = ImageVerdict(True, "pinned", "docker:cli")
+    assert decide_container_peer(
+        cid, "docker.io/library/docker", allowed, settings_where="f"
+    ).allowed
+    for verdict in (ImageVerdict(False, "not listed"), None):
+        d = decide_container_peer(cid, "docker.io/library/alpine", verdict, settings_where="/etc/x")
+        assert not d.allowed and d.status == 403
+        assert d.message.startswith(
+            "enhanced container isolation: docker socket mount denied for container with image "
+            '"docker.io/library/alpine"; container abababababab reached'
+        )
+        assert d.message.endswith("configure the docker socket image list in /etc/x")
