@@ -125,7 +125,7 @@ def _machine(engine_socket: str, docker_cli: str) -> dict[str, str]:
         [docker_cli, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     versions = {}
-    for mod in ("h11", "uvloop"):
+    for mod in ("httptools", "uvloop"):
         try:
             from importlib.metadata import version
 
@@ -141,7 +141,7 @@ def _machine(engine_socket: str, docker_cli: str) -> dict[str, str]:
         "python": platform.python_version(),
         "dockerd": m.engine_version(engine_socket),
         "docker CLI": cli,
-        "h11": versions["h11"],
+        "httptools": versions["httptools"],
         "uvloop": versions["uvloop"],
     }
 

@@ -14,6 +14,7 @@ and its parameters, or None for a path the engine has no handler for.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -163,8 +164,14 @@ class Target:
         return values[0] if values else None
 
 
+_CONTROL_OR_SPACE = re.compile("[\x00-\x20\x7f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+#: Targets up to this long are remembered (a client asks for the same few again and again).
+_CACHED_TARGET_LEN = 256
+
+
 def _decode_path(raw_path: str) -> str:
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw_path):
+    if _CONTROL_OR_SPACE.search(raw_path):
         raise BadTarget("the path contains control characters or spaces")
     try:
         decoded = unquote_to_bytes(raw_path).decode("utf-8")
@@ -172,7 +179,7 @@ def _decode_path(raw_path: str) -> str:
         raise BadTarget("the path does not decode to UTF-8") from None
     if re.search(r"%(?![0-9A-Fa-f]{2})", raw_path):
         raise BadTarget("the path has a malformed percent-escape")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+    if _CONTROL.search(decoded):
         raise BadTarget("the path decodes to control characters")
     return decoded
 
@@ -184,6 +191,17 @@ def canonical_target(raw: str) -> Target:
     for a unix-socket host (`http://localhost/...`, as some clients send); refused: paths that
     are not clean, that decode to control characters, or that carry a fragment.
     """
+    if len(raw) <= _CACHED_TARGET_LEN:
+        return _canonical_target_cached(raw)
+    return _canonical_target(raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _canonical_target_cached(raw: str) -> Target:
+    return _canonical_target(raw)  # a Target is immutable; refusals (raised) are not cached
+
+
+def _canonical_target(raw: str) -> Target:
     if "#" in raw:
         raise BadTarget("a request target cannot carry a fragment")
     if raw.startswith(("http://", "https://")):

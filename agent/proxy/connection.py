@@ -15,38 +15,77 @@ commands it returns, in order:
   `/grpc` after the engine switched protocols); `ShutdownEngine`/`ShutdownClient`: half-close;
 - `CloseEngine` / `CloseClient`: drop that side.
 
-Both sides are parsed by h11, a strict HTTP/1.1 parser: the client side as a server, the engine
-side as a client. Every request on a connection is parsed and judged, one at a time, in order:
-h11 does not read the next pipelined request until the response to the current one is complete,
-so nothing can slip past the policy on a kept-alive connection. The engine only ever receives
-what this object serialized from parsed events, so it cannot read a request differently from
-the way the policy read it.
+Both sides are parsed by llhttp (through httptools), a strict HTTP/1.1 parser written in C; no
+lenient flag is ever set. Every request on a connection is parsed and judged, one at a time, in
+order: client bytes are fed to the parser only up to the end of the current request (a message
+can only end right after a CRLFCRLF, so the data is cut there), and the bytes after it wait,
+unparsed, until the response to the current request is complete. Nothing can slip past the
+policy on a kept-alive connection, and bytes that follow an upgrade or a hijack are never
+taken for a request.
 
-A connection only becomes a raw pipe when the engine itself stops speaking HTTP on it: a
-`101 Switching Protocols`, or the `200` with a raw-stream content type that the engine sends
-when it hijacks an attach or exec start asked for without `Upgrade` headers.
+The engine only ever receives what this object serialized from the parsed request: method,
+target, the headers as parsed (minus `Expect` and `Proxy-Connection`), and the body with
+framing of our own (a Content-Length for a body the policy read, our own chunks for a chunked
+one; extensions and trailers are dropped). So the engine cannot read a request differently from
+the way the policy read it. Requests the parser or our checks find ambiguous (both
+Content-Length and Transfer-Encoding, duplicate lengths, a transfer coding other than exactly
+`chunked`, bad header syntax) are answered with 400 and the connection is closed.
+
+The engine is trusted: its responses are passed on as the raw bytes it sent, and parsed only to
+find where each one ends (Content-Length, chunked, or end of connection; none for `HEAD`, 1xx,
+204 and 304), and to see the responses that change the connection: a `101 Switching Protocols`,
+or the `200` with a raw-stream content type that the engine sends when it hijacks an attach or
+exec start asked for without `Upgrade` headers. Only then does the connection become a raw pipe.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from http import HTTPStatus
 
-import h11
+import httptools
+from httptools import HttpParserError, HttpParserUpgrade
 
 from agent.policy.decide import Decision
 
 #: Bodies the policy reads are buffered up to this size; a larger one is refused (413).
 DEFAULT_MAX_JUDGED_BODY = 4 * 1024 * 1024
-#: h11's bound on one header block; the engine's own bound is 1 MiB.
+#: Bound on one header block; the engine's own bound is 1 MiB.
 MAX_HEAD = 1024 * 1024
 
 HIJACK_CONTENT_TYPES = (
     b"application/vnd.docker.raw-stream",
     b"application/vnd.docker.multiplexed-stream",
 )
+
+_TERM = b"\r\n\r\n"
+#: What a header value may never hold once parsed (llhttp already refuses these; checked again
+#: because a value is written back to the engine as is).
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_OWS = b" \t"
+#: Request headers the proxy reads for itself (their kind below).
+_REQUEST_FIELDS = {
+    b"content-length": 0,
+    b"transfer-encoding": 1,
+    b"host": 2,
+    b"connection": 3,
+    b"expect": 4,
+    b"proxy-connection": 4,
+}
+#: The response headers the proxy reads, from a head llhttp has validated: each line is
+#: `name:value` after a CRLF, the names without whitespace. Told apart by their lengths.
+_RESPONSE_FIELDS = re.compile(
+    rb"\r\n(content-length|transfer-encoding|content-type|connection):[ \t]*([^\r\n]*)", re.I
+)
+#: Request headers never passed to the engine.
+_DROP = frozenset((b"expect", b"proxy-connection"))
+_DROP_WITH_BODY = _DROP | {b"content-length", b"transfer-encoding"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +205,7 @@ class Phase(enum.Enum):
     BUFFERING = "buffering"  # reading a body the policy must see
     JUDGING = "judging"  # waiting for judged()
     FORWARDING = "forwarding"  # request allowed, body (if any) streaming to the engine
-    REFUSING = "refusing"  # refusal sent, discarding the rest of the request body
+    REFUSING = "refusing"  # response sent, discarding the rest of the request body
     VERIFYING = "verifying"  # waiting for verified()
     SPLICED = "spliced"
     CLOSED = "closed"
@@ -177,17 +216,246 @@ def error_body(message: str) -> bytes:
     return json.dumps({"message": message}).encode() + b"\n"
 
 
-@dataclass
+class _Malformed(Exception):
+    """A request the proxy refuses to read further: answered with `status`, then closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing: llhttp callbacks, and feeding a parser no further than the end of one message
+
+
+class _Events:
+    """httptools callbacks for one message: where it is (head read, done) and its body."""
+
+    __slots__ = ("head_done", "done", "body", "begun", "chunks", "upgraded")
+
+    def __init__(self) -> None:
+        self.head_done = False
+        self.done = False
+        self.body: list[bytes] = []
+        self.begun = 0
+        self.chunks = 0
+        self.upgraded = False
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class _BodyEvents(_Events):
+    """... that also collect the (de-chunked) body."""
+
+    __slots__ = ()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+
+class _RequestEvents(_BodyEvents):
+    """... and the target and headers (in order, names as sent) of a request."""
+
+    __slots__ = ("url", "headers")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.head_done:  # after the head: a chunked body's trailers, dropped
+            self.headers.append((name, value))
+
+
+class _Msg:
+    """One message being read: its parser, its events and what was fed so far."""
+
+    __slots__ = ("parser", "ev", "tail", "fed")
+
+    def __init__(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, ev: _Events
+    ) -> None:
+        self.parser = parser
+        self.ev = ev
+        self.tail = b""  # the last (up to 3) bytes fed: a CRLFCRLF may straddle two reads
+        self.fed = 0
+
+
+def _request_msg() -> _Msg:
+    ev = _RequestEvents()
+    return _Msg(httptools.HttpRequestParser(ev), ev)
+
+
+def _response_msg(capture: bool) -> _Msg:
+    ev = _BodyEvents() if capture else _Events()  # no headers: read from the head itself
+    return _Msg(httptools.HttpResponseParser(ev), ev)
+
+
+def _chunked_body_msg() -> _Msg:
+    """A parser placed at the start of a chunked body, for an Upgrade request that has one
+    (llhttp would take such a body for the new protocol's bytes)."""
+    msg = _request_msg()
+    msg.parser.feed_data(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    msg.tail = b"\n\r\n"
+    return msg
+
+
+def _next_end(tail: bytes, buf: bytes, pos: int) -> int:
+    """Index just past the first CRLFCRLF that ends in `buf[pos:]` (the `tail` was fed just
+    before `buf[pos]`), or -1."""
+    if tail:
+        probe = tail + buf[pos : pos + 3]
+        i = probe.find(_TERM)
+        if i >= 0:
+            return pos + i + 4 - len(tail)
+    return _find_end(buf, pos)
+
+
+def _find_end(buf: bytes, pos: int) -> int:
+    """Index just past the first CRLFCRLF starting at or after `pos`, or -1.
+
+    A one-byte search is a vectorised memchr, a four-byte one is not (~30x slower over a
+    256 KiB read of a tar stream): look at the LFs while they are sparse (binary data, chunk
+    framing), then search for the whole (text)."""
+    start = pos
+    find = buf.find
+    for _ in range(8 + ((len(buf) - pos) >> 11)):  # up to one LF in 2 KiB: chunk framing
+        i = find(b"\n", pos)
+        if i < 0:
+            return -1
+        if i - 3 >= start and buf[i - 3 : i + 1] == _TERM:
+            return i + 1
+        pos = i + 1
+    i = find(_TERM, max(start, pos - 3))
+    return i + 4 if i >= 0 else -1
+
+
+def _feed(msg: _Msg, buf: bytes, pos: int, until_head: bool) -> int:
+    """Feed `buf[pos:]` to the message's parser, stopping right after its head (`until_head`)
+    or right after its end; returns the index of the first byte not fed.
+
+    llhttp is strict about CRLF, so a head (and a chunked body) can only end just after a
+    CRLFCRLF: the data is fed in pieces cut there, and the flags looked at after each.
+    """
+    ev = msg.ev
+    parser = msg.parser
+    n = len(buf)
+    view: memoryview | None = None
+    while pos < n:
+        end = _next_end(msg.tail, buf, pos)
+        at_term = end >= 0
+        if not at_term:
+            end = n
+        if pos == 0 and end == n:
+            seg: bytes | memoryview = buf
+        else:
+            if view is None:
+                view = memoryview(buf)
+            seg = view[pos:end]
+        try:
+            parser.feed_data(seg)
+        except HttpParserUpgrade as up:
+            # llhttp stops after a message that switches protocols (an Upgrade request, a
+            # CONNECT, a 101): the rest belongs to the new protocol, or to the next request if
+            # the engine declines. It must stop exactly where we cut.
+            if up.args[0] != end - pos:
+                raise HttpParserError("message ends before the data given") from None
+            ev.upgraded = True
+        except HttpParserError:
+            # A 101 without an Upgrade header: llhttp pauses the same way, but httptools
+            # reports it as an error. The message itself was complete.
+            if not (ev.done and _is_101(parser)):
+                raise
+            ev.upgraded = True
+        msg.tail = buf[end - 3 : end] if end - pos >= 3 else (msg.tail + buf[pos:end])[-3:]
+        msg.fed += end - pos
+        pos = end
+        if ev.done if not until_head else ev.head_done:
+            if not at_term or ev.begun > 1:
+                raise HttpParserError("message end not where it must be")
+            break
+    return pos
+
+
+def _is_101(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bool:
+    return isinstance(parser, httptools.HttpResponseParser) and parser.get_status_code() == 101
+
+
+def _has_token(values: list[bytes], token: bytes) -> bool:
+    return any(t.strip().lower() == token for v in values for t in v.split(b","))
+
+
+@dataclass(slots=True)
 class _Exchange:
     head: RequestHead
+    target: bytes  # as sent
+    lnames: list[bytes]  # the header names, lower case, in order
+    drop: bool  # some header is not passed on (Expect, Proxy-Connection)
     needs_body: bool
-    body: bytearray = field(default_factory=bytearray)
-    body_done: bool = False
+    keep_alive: bool  # the client's wish (its version and Connection header)
+    expect: bool  # Expect: 100-continue, not answered yet
+    chunked: bool
+    body_left: int  # Content-Length bytes still to read
+    body_done: bool
+    body: bytearray
     decision: Decision | None = None
     engine_body: bytes | None = None  # the body to forward (maybe rewritten)
-    response_status: int | None = None
-    response_head: h11.Response | None = None
-    verify_buffer: bytearray | None = None
+    sent_engine: bool = False  # the whole request reached the engine
+    responded: bool = False  # response bytes went to the client
+
+
+class _Resp:
+    """The engine's response being read."""
+
+    __slots__ = (
+        "msg",
+        "capture",
+        "state",
+        "mode",
+        "left",
+        "held",
+        "head",
+        "head_parts",
+        "status",
+        "engine_close",
+        "client_close",
+    )
+
+    # state: where in the response we are
+    HEAD, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+    # mode: what happens to the body
+    PASS, HOLD, DECHUNK, CHUNK = range(4)
+
+    def __init__(self, capture: bool) -> None:
+        self.capture = capture  # the parser hands over the body (to hold it, or de-chunk it)
+        self.msg = _response_msg(capture)
+        self.state = _Resp.HEAD
+        self.mode = _Resp.PASS
+        self.left = 0
+        self.held: list[bytes] = []  # the body held for Verify
+        self.head = b""
+        self.head_parts: list[bytes] = []
+        self.status = 0
+        self.engine_close = False  # the engine connection ends after this response
+        self.client_close = False  # and so does the client's
+
+
+# What to do with a response head.
+_PASS, _SPLICE, _DROP_1XX, _HOLD, _REWRITE = range(5)
 
 
 class ProxyConnection:
@@ -202,53 +470,65 @@ class ProxyConnection:
         # needs_body(head) -> bool: whether the policy must read this request's body.
         self._needs_body = needs_body
         self._max_body = max_judged_body
-        self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
-        self.engine = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.phase = Phase.IDLE
         self._ex: _Exchange | None = None
+        self._req: _Msg | None = None  # the request parser
+        self._cbuf = b""  # client bytes not fed to the parser yet
         self._client_eof = False
+        self._resp: _Resp | None = None
+        self._engine_busy = False  # a request is in flight on the engine connection
         self._engine_dirty = False  # engine connection used and must be replaced
-        self._close_after_response = False
         self.requests_seen = 0
+
+    @property
+    def backlog(self) -> int:
+        """Client bytes waiting (unparsed) for the current exchange to end."""
+        return len(self._cbuf)
 
     def engine_reusable(self) -> bool:
         """Whether the engine connection sits cleanly between requests (can serve another)."""
-        return (
-            not self._engine_dirty
-            and self.phase is not Phase.SPLICED
-            and self.engine.our_state is h11.IDLE
-            and self.engine.their_state is h11.IDLE
-        )
+        return not self._engine_dirty and not self._engine_busy and self.phase is not Phase.SPLICED
 
     # -- inputs from the driver -----------------------------------------------------------
 
     def client_data(self, data: bytes) -> list[Command]:
-        if self.phase is Phase.SPLICED:
+        phase = self.phase
+        if phase is Phase.SPLICED:
             return [SendEngine(data)] if data else [ShutdownEngine()]
-        if self.phase is Phase.CLOSED:
+        if phase is Phase.CLOSED:
             return []
         if not data:
             self._client_eof = True
-        try:
-            self.client.receive_data(data)
-        except h11.RemoteProtocolError as err:  # pragma: no cover - receive_data rarely raises
-            return self._client_broken(err)
+        elif self._cbuf:
+            self._cbuf += data
+        else:
+            self._cbuf = data
+        if phase is Phase.JUDGING or phase is Phase.VERIFYING:
+            return []
         return self._pump_client()
 
     def engine_data(self, data: bytes) -> list[Command]:
-        if self.phase is Phase.SPLICED:
+        phase = self.phase
+        if phase is Phase.SPLICED:
             return [SendClient(data)] if data else [ShutdownClient()]
-        if self.phase is Phase.CLOSED:
+        if phase is Phase.CLOSED:
             return []
-        if not data and self.phase not in (Phase.FORWARDING, Phase.VERIFYING):
-            # The engine dropped an idle kept-alive connection: use a new one next time.
+        resp = self._resp
+        if phase is not Phase.FORWARDING or resp is None:
+            # Nothing asked: the engine dropped an idle kept-alive connection (or spoke out
+            # of turn). Use a new one next time.
             self._engine_dirty = True
-            return [CloseEngine()]
+            out: list[Command] = [CloseEngine()]
+            return out if not data else [Log("engine sent data out of turn"), *out]
+        if not data:
+            if resp.state is _Resp.UNTIL_CLOSE:
+                last: list[Command] = [SendClient(b"0\r\n\r\n")] if resp.mode is _Resp.CHUNK else []
+                return self._response_end(resp, last)
+            return self._engine_broken("the engine closed the connection")
         try:
-            self.engine.receive_data(data)
-        except h11.RemoteProtocolError as err:  # pragma: no cover
-            return self._engine_broken(str(err))
-        return self._pump_engine()
+            return self._read_engine(resp, data)
+        except HttpParserError as err:
+            return self._engine_broken(f"malformed response: {err}")
 
     def judged(self, decision: Decision, body: bytes | None = None) -> list[Command]:
         """The policy's answer to the last `Judge`; `body` replaces the request body if given."""
@@ -257,164 +537,293 @@ class ProxyConnection:
         ex.decision = decision
         if not decision.allowed:
             return self._refuse(decision.status, decision.message)
-        ex.engine_body = body if body is not None else (bytes(ex.body) if ex.needs_body else None)
+        if body is not None:
+            ex.engine_body = body
+        elif ex.needs_body:
+            ex.engine_body = bytes(ex.body)
         return self._forward_head()
 
     def verified(self, ok: bool, status: int = 403, message: str = "") -> list[Command]:
         """The answer to `Verify`: send the held response, or the refusal instead."""
         ex = self._ex
-        assert ex is not None and self.phase is Phase.VERIFYING
-        assert ex.response_head is not None and ex.verify_buffer is not None
+        resp = self._resp
+        assert ex is not None and resp is not None and self.phase is Phase.VERIFYING
         if not ok:
-            out = self._respond(status, error_body(message), keep_alive=True)
+            keep_alive = ex.keep_alive and not resp.client_close
+            out = self._respond(status, error_body(message), keep_alive=keep_alive)
         else:
-            head = ex.response_head
-            body = bytes(ex.verify_buffer)
-            headers = [
-                (k, v)
-                for k, v in head.headers.raw_items()
-                if k.lower() not in (b"content-length", b"transfer-encoding")
-            ]
-            headers.append((b"Content-Length", str(len(body)).encode()))
-            out = self._to_client(
-                h11.Response(status_code=head.status_code, headers=headers, reason=head.reason)
+            body = b"".join(resp.held)
+            head = _rebuild_head(
+                resp.head,
+                length=len(body),
+                http10=ex.head.http_version == "1.0",
+                keep_alive=ex.keep_alive and not resp.client_close,
             )
-            out += self._to_client(h11.Data(data=body)) if body else []
-            out += self._to_client(h11.EndOfMessage())
-        return out + self._finish_cycle()
+            ex.responded = True
+            out = [SendClient(head + body)]
+        return out + self._response_done(resp)
 
     # -- client side ------------------------------------------------------------------------
 
     def _pump_client(self) -> list[Command]:
         out: list[Command] = []
-        while self.phase not in (Phase.JUDGING, Phase.VERIFYING, Phase.SPLICED, Phase.CLOSED):
-            try:
-                event = self.client.next_event()
-            except h11.RemoteProtocolError as err:
-                return out + self._client_broken(err)
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                if self._client_eof and self.phase is Phase.IDLE and event is h11.NEED_DATA:
-                    out += self._close_all()
-                break
-            if isinstance(event, h11.ConnectionClosed):
-                if self.phase is Phase.IDLE:
-                    out += self._close_all()
-                break
-            if isinstance(event, h11.Request):
-                out += self._on_request(event)
-            elif isinstance(event, h11.Data):
-                out += self._on_client_body(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                out += self._on_client_body_end()
-        return out
+        while True:
+            phase = self.phase
+            if phase is Phase.IDLE:
+                if not self._cbuf:
+                    if self._client_eof:
+                        out += self._close_all()
+                    return out
+                out += self._read_head()
+                if self.phase is Phase.IDLE and not self._cbuf:
+                    continue  # head incomplete (or end of file)
+            elif phase is Phase.BUFFERING or phase is Phase.FORWARDING or phase is Phase.REFUSING:
+                ex = self._ex
+                assert ex is not None
+                if ex.body_done:
+                    return out
+                if not self._cbuf:
+                    if self._client_eof:
+                        out += self._client_broken(400, "the client closed mid-body")
+                    return out
+                out += self._read_body(ex)
+            else:
+                return out
 
-    def _on_request(self, event: h11.Request) -> list[Command]:
+    def _read_head(self) -> list[Command]:
+        msg = self._req
+        if msg is None:
+            msg = self._req = _request_msg()
+        buf = self._cbuf
+        try:
+            pos = _feed(msg, buf, 0, True)
+        except HttpParserError as err:
+            return self._client_broken(400, f"malformed request: {err}")
+        self._cbuf = buf[pos:] if pos < len(buf) else b""
+        ev = msg.ev
+        if not ev.head_done:
+            if msg.fed > MAX_HEAD:
+                return self._client_broken(431, "request head too large")
+            return []
+        if ev.body or ev.chunks:
+            return self._client_broken(400, "malformed request: body inside the head")
+        try:
+            return self._on_request(msg)
+        except _Malformed as err:
+            return self._client_broken(err.status, str(err))
+
+    def _on_request(self, msg: _Msg) -> list[Command]:
+        ev = msg.ev
+        parser = msg.parser
+        assert isinstance(parser, httptools.HttpRequestParser)
         self.requests_seen += 1
-        head = RequestHead(
-            method=event.method.decode("ascii", "replace"),
-            target=event.target.decode("latin-1"),
-            headers=tuple((bytes(k), bytes(v)) for k, v in event.headers.raw_items()),
-            http_version=event.http_version.decode("ascii", "replace"),
-        )
-        has_cl = head.header(b"content-length") is not None
-        has_te = head.header(b"transfer-encoding") is not None
-        needs = self._needs_body(head)
-        self._ex = _Exchange(head, needs)
-        if has_cl and has_te:
-            return self._refuse(
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Malformed(505, f"HTTP/{version} is not supported")
+        headers: list[tuple[bytes, bytes]] = []
+        lnames: list[bytes] = []
+        length: bytes | None = None
+        transfer: bytes | None = None
+        hosts = 0
+        expect = False
+        connection: list[bytes] = []
+        drop = False
+        assert isinstance(ev, _RequestEvents)
+        for name, value in ev.headers:
+            value = value.rstrip(_OWS)
+            lname = name.lower()
+            kind = _REQUEST_FIELDS.get(lname)
+            if kind is not None:
+                if kind == 0:  # content-length
+                    if length is not None:
+                        raise _Malformed(400, "malformed request: duplicate Content-Length")
+                    length = value
+                elif kind == 1:  # transfer-encoding
+                    if transfer is not None:
+                        raise _Malformed(400, "malformed request: duplicate Transfer-Encoding")
+                    transfer = value
+                elif kind == 2:
+                    hosts += 1
+                elif kind == 3:
+                    connection.append(value)
+                else:  # expect, proxy-connection: not passed on
+                    drop = True
+                    if lname == b"expect":
+                        expect = value.lower() == b"100-continue"
+            headers.append((name, value))
+            lnames.append(lname)
+        if _BAD_VALUE.search(b"".join([v for _, v in headers])):
+            raise _Malformed(400, "malformed request: bad header value")
+        if length is not None and transfer is not None:
+            raise _Malformed(
                 400,
                 "request has both Content-Length and Transfer-Encoding; refusing an ambiguous body",
-                close=True,
             )
+        if transfer is not None and (transfer.lower() != b"chunked" or version == "1.0"):
+            raise _Malformed(400, "malformed request: only Transfer-Encoding: chunked is accepted")
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise _Malformed(400, "malformed request: exactly one Host header is required")
+        if length is not None and not length.isdigit():
+            raise _Malformed(400, "malformed request: bad Content-Length")
+        body_left = int(length) if length is not None else 0
+        chunked = transfer is not None
+        body_done = not chunked and body_left == 0
+        if version == "1.1":
+            keep_alive = not connection or not _has_token(connection, b"close")
+        else:
+            keep_alive = bool(connection) and _has_token(connection, b"keep-alive")
+        url = ev.url
+        head = RequestHead(
+            method=parser.get_method().decode("ascii"),
+            target=url.decode("latin-1"),
+            headers=tuple(headers),
+            http_version=version,
+        )
+        if chunked:
+            if ev.upgraded:
+                self._req = _chunked_body_msg()
+        elif ev.done and not ev.upgraded:
+            # A parser between two messages serves the next one.
+            ev.url = b""
+            ev.headers = []
+            ev.head_done = ev.done = False
+            ev.begun = 0
+            msg.fed = 0
+        else:
+            self._req = None  # the body is counted here, not fed to that parser
+        needs = self._needs_body(head)
+        ex = self._ex = _Exchange(
+            head,
+            url,
+            lnames,
+            drop,
+            needs,
+            keep_alive,
+            expect and version == "1.1" and not body_done,
+            chunked,
+            body_left,
+            body_done,
+            bytearray(),
+        )
         if needs:
-            out: list[Command] = []
-            if self.client.they_are_waiting_for_100_continue:
-                out += self._to_client(h11.InformationalResponse(status_code=100, headers=[]))
+            if body_left > self._max_body:
+                return self._too_large()
+            if body_done:
+                self.phase = Phase.JUDGING
+                return [Judge(Request(head, b"", True))]
             self.phase = Phase.BUFFERING
-            return out
+            if ex.expect:
+                ex.expect = False
+                return [SendClient(_CONTINUE)]
+            return []
         self.phase = Phase.JUDGING
         return [Judge(Request(head))]
 
-    def _on_client_body(self, data: bytes) -> list[Command]:
-        ex = self._ex
-        assert ex is not None
-        if self.phase is Phase.BUFFERING:
-            if len(ex.body) + len(data) > self._max_body:
-                return self._refuse(
-                    413,
-                    f"request body larger than {self._max_body} bytes; eci-agent reads bodies "
-                    "it judges whole and refuses larger ones",
-                    close=True,
-                )
-            ex.body += data
-            return []
-        if self.phase is Phase.FORWARDING:
-            return self._to_engine(h11.Data(data=data))
-        # REFUSING: discard
-        return []
+    def _too_large(self) -> list[Command]:
+        return self._refuse(
+            413,
+            f"request body larger than {self._max_body} bytes; eci-agent reads bodies "
+            "it judges whole and refuses larger ones",
+            close=True,
+        )
 
-    def _on_client_body_end(self) -> list[Command]:
-        ex = self._ex
-        assert ex is not None
-        ex.body_done = True
-        if self.phase is Phase.BUFFERING:
-            self.phase = Phase.JUDGING
-            return [Judge(Request(ex.head, bytes(ex.body), True))]
-        if self.phase is Phase.FORWARDING:
-            return self._to_engine(h11.EndOfMessage())
-        if self.phase is Phase.REFUSING:
-            return self._finish_cycle()
-        return []
-
-    def _client_broken(self, err: h11.RemoteProtocolError) -> list[Command]:
-        out: list[Command] = [Log(f"client protocol error: {err}")]
-        if self.client.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            status = err.error_status_hint if 400 <= err.error_status_hint < 600 else 400
+    def _read_body(self, ex: _Exchange) -> list[Command]:
+        buf = self._cbuf
+        if ex.chunked:
+            msg = self._req
+            assert msg is not None
             try:
-                body = error_body(f"enhanced container isolation: malformed request: {err}")
-                data = self.client.send(
-                    h11.Response(
-                        status_code=status,
-                        headers=[
-                            (b"Content-Type", b"application/json"),
-                            (b"Content-Length", str(len(body)).encode()),
-                            (b"Connection", b"close"),
-                        ],
-                    )
-                )
-                data = (data or b"") + (self.client.send(h11.Data(data=body)) or b"")
-                data += self.client.send(h11.EndOfMessage()) or b""
-                out.append(SendClient(data))
-            except h11.LocalProtocolError:
-                pass
+                pos = _feed(msg, buf, 0, False)
+            except HttpParserError as err:
+                return self._client_broken(400, f"malformed request body: {err}")
+            self._cbuf = buf[pos:] if pos < len(buf) else b""
+            ev = msg.ev
+            pieces = ev.body
+            if pieces:
+                ev.body = []
+            if ev.done:
+                self._req = None
+                ex.body_done = True
+        else:
+            left = ex.body_left
+            if len(buf) <= left:
+                pieces = [buf]
+                self._cbuf = b""
+            else:
+                pieces = [buf[:left]]
+                self._cbuf = buf[left:]
+            ex.body_left = left - len(pieces[0])
+            ex.body_done = ex.body_left == 0
+        ex.expect = False  # the client is sending the body
+        phase = self.phase
+        if phase is Phase.BUFFERING:
+            size = len(ex.body) + sum(len(p) for p in pieces)
+            if size > self._max_body:
+                return self._too_large()
+            for p in pieces:
+                ex.body += p
+            if ex.body_done:
+                self.phase = Phase.JUDGING
+                return [Judge(Request(ex.head, bytes(ex.body), True))]
+            return []
+        if phase is Phase.FORWARDING:
+            if ex.chunked:
+                framed: list[bytes] = []
+                for p in pieces:
+                    framed += (b"%x\r\n" % len(p), p, b"\r\n")
+                if ex.body_done:
+                    framed.append(b"0\r\n\r\n")
+                data = b"".join(framed)
+            else:
+                data = pieces[0]
+            out: list[Command] = [SendEngine(data)] if data else []
+            if ex.body_done:
+                ex.sent_engine = True
+            return out
+        # REFUSING: the response was sent; drop the body, then go on with the next request.
+        if ex.body_done:
+            return self._next_cycle()
+        return []
+
+    def _client_broken(self, status: int, message: str) -> list[Command]:
+        out: list[Command] = [Log(f"client protocol error: {message}")]
+        ex = self._ex
+        if ex is None or not ex.responded:
+            out += self._respond(
+                status, error_body(f"enhanced container isolation: {message}"), keep_alive=False
+            )
         return out + self._close_all()
 
     # -- refusing ----------------------------------------------------------------------------
 
     def _respond(self, status: int, body: bytes, *, keep_alive: bool) -> list[Command]:
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", str(len(body)).encode()),
-            (b"Api-Version", b"1.41"),
-        ]
+        ex = self._ex
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+            status,
+            _REASONS.get(status, b""),
+            len(body),
+        )
+        head += b"Api-Version: 1.41\r\n\r\n" if keep_alive else b"Api-Version: 1.41\r\n"
         if not keep_alive:
-            headers.append((b"Connection", b"close"))
-        out = self._to_client(h11.Response(status_code=status, headers=headers))
-        if self._ex is not None and self._ex.head.method == "HEAD":
-            return out + self._to_client(h11.EndOfMessage())
-        return out + self._to_client(h11.Data(data=body)) + self._to_client(h11.EndOfMessage())
+            head += b"Connection: close\r\n\r\n"
+        if ex is not None:
+            ex.responded = True
+            if ex.head.method == "HEAD":
+                return [SendClient(head)]
+        return [SendClient(head + body)]
 
     def _refuse(self, status: int, message: str, *, close: bool = False) -> list[Command]:
         ex = self._ex
         assert ex is not None
         # An unread body would be taken for the next request: read and drop it, unless told
-        # to close (then the connection ends after the refusal).
-        keep_alive = not close and not self._client_eof
+        # to close (then the connection ends after the refusal). A client still waiting for
+        # `100 Continue` may never send its body: close.
+        keep_alive = not close and not self._client_eof and ex.keep_alive and not ex.expect
         out = self._respond(status, error_body(message), keep_alive=keep_alive)
         if not keep_alive:
             return out + self._close_all()
-        if self.client.their_state is h11.DONE or ex.body_done:
-            return out + self._finish_cycle()
+        if ex.body_done:
+            return out + self._next_cycle()
         self.phase = Phase.REFUSING
         return out + self._pump_client()
 
@@ -426,122 +835,255 @@ class ProxyConnection:
         out: list[Command] = []
         if self._engine_dirty:
             out.append(CloseEngine())
-            self.engine = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
             self._engine_dirty = False
-        drop = {b"expect", b"proxy-connection"}
-        if ex.engine_body is not None:
-            drop |= {b"content-length", b"transfer-encoding"}
-        headers = [(k, v) for k, v in ex.head.headers if k.lower() not in drop]
-        if not any(k.lower() == b"host" for k, _ in headers):
-            headers.insert(0, (b"Host", b"docker"))
-        if ex.engine_body is not None:
-            headers.append((b"Content-Length", str(len(ex.engine_body)).encode()))
-        target = ex.decision.target if ex.decision and ex.decision.target else ex.head.target
-        request = h11.Request(method=ex.head.method, target=target, headers=headers)
-        out += self._to_engine(request)
-        if ex.engine_body is not None:
-            if ex.engine_body:
-                out += self._to_engine(h11.Data(data=ex.engine_body))
-            out += self._to_engine(h11.EndOfMessage())
-            self.phase = Phase.FORWARDING
-            return out + self._pump_engine()
+        head = ex.head
+        body = ex.engine_body
+        decision = ex.decision
+        target = decision.target.encode("latin-1") if decision and decision.target else ex.target
+        if body is None and not ex.drop:
+            fields = [b"%s: %s\r\n" % h for h in head.headers]
+        else:
+            drop = _DROP if body is None else _DROP_WITH_BODY
+            fields = [
+                b"%s: %s\r\n" % h
+                for lname, h in zip(ex.lnames, head.headers, strict=True)
+                if lname not in drop
+            ]
+        if head.http_version == "1.0" and b"host" not in ex.lnames:
+            fields.append(b"Host: docker\r\n")
+        parts = [b"%s %s HTTP/1.1\r\n" % (head.method.encode("ascii"), target), *fields]
+        self._engine_busy = True
+        self._resp = _Resp(
+            capture=bool(decision and decision.expect_image_id) or head.http_version == "1.0"
+        )
         self.phase = Phase.FORWARDING
-        if self.client.they_are_waiting_for_100_continue:
-            out += self._to_client(h11.InformationalResponse(status_code=100, headers=[]))
-        return out + self._pump_client() + self._pump_engine()
+        if body is not None:
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            parts.append(body)
+            ex.sent_engine = True
+            out.append(SendEngine(b"".join(parts)))
+            return out
+        parts.append(b"\r\n")
+        out.append(SendEngine(b"".join(parts)))
+        if ex.body_done:
+            ex.sent_engine = True
+            return out
+        if ex.expect:
+            ex.expect = False
+            out.append(SendClient(_CONTINUE))
+        return out + self._pump_client()
 
-    def _pump_engine(self) -> list[Command]:
+    def _read_engine(self, resp: _Resp, data: bytes) -> list[Command]:
+        """Pass the response on as the engine sent it, seeing only where it ends."""
+        ex = self._ex
+        assert ex is not None
+        n = len(data)
+        pos = 0
+        start = 0  # data[start:pos] is passed on as is
         out: list[Command] = []
-        while self.phase in (Phase.FORWARDING, Phase.VERIFYING):
-            try:
-                event = self.engine.next_event()
-            except h11.RemoteProtocolError as err:
-                return out + self._engine_broken(str(err))
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            if isinstance(event, h11.ConnectionClosed):
-                return out + self._engine_broken("the engine closed the connection")
-            if isinstance(event, h11.InformationalResponse):
-                out += self._on_informational(event)
-            elif isinstance(event, h11.Response):
-                out += self._on_response(event)
-            elif isinstance(event, h11.Data):
-                out += self._on_engine_body(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                out += self._on_engine_end()
+        while pos < n:
+            state = resp.state
+            if state is _Resp.HEAD:
+                msg = resp.msg
+                head_start = pos
+                pos = _feed(msg, data, pos, True)
+                if not msg.ev.head_done:
+                    if msg.fed > MAX_HEAD:
+                        return self._engine_broken("response head too large")
+                    resp.head_parts.append(data[head_start:])
+                    return out
+                pieces = bool(resp.head_parts)
+                if pieces:
+                    resp.head = b"".join(resp.head_parts) + data[head_start:pos]
+                    resp.head_parts = []
+                else:
+                    resp.head = data[head_start:pos]
+                action = self._on_response_head(resp, ex)
+                if action == _PASS:
+                    if pieces:
+                        out.append(SendClient(resp.head))
+                        start = pos
+                    ex.responded = True
+                elif action == _SPLICE:
+                    raw = data if not pieces and head_start == 0 else resp.head + data[pos:]
+                    return out + [SendClient(raw)] + self._splice()
+                elif action == _DROP_1XX:
+                    # An interim response: not passed on (we answered Expect ourselves).
+                    start = pos
+                    resp.msg = _response_msg(resp.capture)
+                    continue
+                elif action == _REWRITE:
+                    out.append(SendClient(resp.head))
+                    ex.responded = True
+                    start = pos
+                else:  # _HOLD
+                    start = pos
+                if resp.state is _Resp.HEAD:  # no body: the response is complete
+                    return self._response_end(resp, self._flush(out, data, start, pos), data, pos)
+            elif state is _Resp.LENGTH:
+                take = min(resp.left, n - pos)
+                if resp.mode is _Resp.HOLD:
+                    resp.held.append(data[pos : pos + take])
+                    start = pos + take
+                pos += take
+                resp.left -= take
+                if not resp.left:
+                    return self._response_end(resp, self._flush(out, data, start, pos), data, pos)
+            elif state is _Resp.CHUNKED:
+                msg = resp.msg
+                pos = _feed(msg, data, pos, False)
+                ev = msg.ev
+                mode = resp.mode
+                if ev.body:
+                    if mode is _Resp.HOLD:
+                        resp.held += ev.body
+                    elif mode is _Resp.DECHUNK:
+                        out.append(SendClient(b"".join(ev.body)))
+                    ev.body = []
+                if mode is not _Resp.PASS:
+                    start = pos
+                if ev.done:
+                    return self._response_end(resp, self._flush(out, data, start, pos), data, pos)
+            else:  # UNTIL_CLOSE
+                mode = resp.mode
+                if mode is _Resp.HOLD:
+                    resp.held.append(data[pos:] if pos else data)
+                    start = n
+                elif mode is _Resp.CHUNK:
+                    piece = data[pos:] if pos else data
+                    out.append(SendClient(b"".join((b"%x\r\n" % len(piece), piece, b"\r\n"))))
+                    start = n
+                pos = n
+        return self._flush(out, data, start, pos)
+
+    @staticmethod
+    def _flush(out: list[Command], data: bytes, start: int, pos: int) -> list[Command]:
+        if pos > start:
+            out.append(SendClient(data if start == 0 and pos == len(data) else data[start:pos]))
         return out
 
-    def _on_informational(self, event: h11.InformationalResponse) -> list[Command]:
-        if event.status_code != 101:
-            return []  # 100 Continue from the engine: already answered to the client ourselves
-        out = self._to_client(
-            h11.InformationalResponse(
-                status_code=101, headers=list(event.headers.raw_items()), reason=event.reason
-            )
-        )
-        return out + self._splice()
-
-    def _on_response(self, event: h11.Response) -> list[Command]:
-        ex = self._ex
-        assert ex is not None
-        ex.response_status = event.status_code
+    def _on_response_head(self, resp: _Resp, ex: _Exchange) -> int:
+        msg = resp.msg
+        ev = msg.ev
+        parser = msg.parser
+        assert isinstance(parser, httptools.HttpResponseParser)
+        status = resp.status = parser.get_status_code()
+        if status == 101 or ev.upgraded:
+            return _SPLICE
+        if status < 200:
+            return _DROP_1XX
         ctype = b""
-        for k, v in event.headers.raw_items():
-            if k.lower() == b"content-type":
-                ctype = v.split(b";")[0].strip().lower()
+        length: bytes | None = None
+        chunked = False
+        framed = False
+        connection: list[bytes] = []
+        for name, value in _RESPONSE_FIELDS.findall(resp.head):
+            size = len(name)
+            if size == 14:  # content-length
+                length = value
+                framed = True
+            elif size == 17:  # transfer-encoding
+                chunked = value.rstrip(_OWS).lower().endswith(b"chunked")
+                framed = True
+            elif size == 12:  # content-type
+                ctype = value.split(b";", 1)[0].strip().lower()
+            else:  # connection
+                connection.append(value)
+        head = ex.head
         if (
-            event.status_code == 200
+            status == 200
+            and not framed
             and ctype in HIJACK_CONTENT_TYPES
-            and ex.head.method == "POST"
-            and _is_hijack_path(ex.head.target)
-            and self.engine.their_state is h11.SEND_BODY
-            and not _has_framing(event)
+            and head.method == "POST"
+            and _is_hijack_path(head.target)
         ):
             # The engine hijacked the connection without an Upgrade handshake.
-            raw = _raw_response_head(event)
-            return [SendClient(raw)] + self._splice(hijacked=True)
-        if ex.decision is not None and ex.decision.expect_image_id and event.status_code == 201:
-            ex.response_head = event
-            ex.verify_buffer = bytearray()
-            return []
-        headers = list(event.headers.raw_items())
-        if ex.head.method == "HEAD":
-            return self._to_client(
-                h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+            return _SPLICE
+        if resp.head.startswith(b"HTTP/1.1 "):
+            close = bool(connection) and _has_token(connection, b"close")
+        else:
+            close = not connection or not _has_token(connection, b"keep-alive")
+        # The engine says it closes: pass that on to the client.
+        resp.engine_close = resp.client_close = close
+        if head.method == "HEAD" or ev.done or status == 204 or status == 304:
+            pass  # no body: the state stays HEAD
+        elif chunked:
+            resp.state = _Resp.CHUNKED
+        elif length is not None:
+            resp.state = _Resp.LENGTH
+            resp.left = int(length.strip())
+        else:
+            # The body ends when the engine closes; the client's connection can stay if we
+            # frame the body for it (held, or re-chunked).
+            resp.state = _Resp.UNTIL_CLOSE
+            resp.engine_close = True
+        decision = ex.decision
+        if status == 201 and decision is not None and decision.expect_image_id:
+            resp.mode = _Resp.HOLD
+            return _HOLD
+        if head.http_version == "1.0":
+            # An HTTP/1.0 client knows no chunks, and no kept-alive connection unless told.
+            if chunked:
+                resp.mode = _Resp.DECHUNK
+            if chunked or resp.state is _Resp.UNTIL_CLOSE:
+                resp.client_close = True
+            resp.head = _rebuild_head(
+                resp.head,
+                length=None,
+                http10=True,
+                keep_alive=ex.keep_alive and not resp.client_close,
             )
-        # A read-until-close body from the engine is re-framed (chunked) by h11 for the client.
-        return self._to_client(
-            h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
-        )
+            return _REWRITE
+        if resp.state is _Resp.UNTIL_CLOSE and not resp.client_close:
+            resp.mode = _Resp.CHUNK
+            resp.head = resp.head[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"
+            return _REWRITE
+        return _PASS
 
-    def _on_engine_body(self, data: bytes) -> list[Command]:
+    def _response_end(
+        self, resp: _Resp, out: list[Command], data: bytes = b"", pos: int = 0
+    ) -> list[Command]:
         ex = self._ex
         assert ex is not None
-        if ex.verify_buffer is not None:
-            if len(ex.verify_buffer) + len(data) > self._max_body:
-                return self._engine_broken("create response too large to verify")
-            ex.verify_buffer += data
-            return []
-        return self._to_client(h11.Data(data=data))
-
-    def _on_engine_end(self) -> list[Command]:
-        ex = self._ex
-        assert ex is not None
-        if ex.verify_buffer is not None and ex.decision is not None:
+        if pos < len(data):
+            # More than one response for one request: the engine connection cannot be trusted
+            # to be in step any more.
+            out.append(Log("engine sent data after the response"))
+            resp.engine_close = True
+        self._engine_busy = False
+        if not ex.sent_engine:
+            # The engine answered before the request body was all sent: that connection is
+            # out of step.
+            self._engine_dirty = True
+        if resp.mode is _Resp.HOLD and ex.decision is not None:
             self.phase = Phase.VERIFYING
-            return [
-                Verify(
-                    Request(ex.head, ex.engine_body, True),
-                    ex.decision,
-                    ex.response_status or 0,
-                    bytes(ex.verify_buffer),
-                )
+            body = b"".join(resp.held)
+            resp.held = [body]
+            return out + [
+                Verify(Request(ex.head, ex.engine_body, True), ex.decision, resp.status, body)
             ]
-        return self._to_client(h11.EndOfMessage()) + self._finish_cycle()
+        return out + self._response_done(resp)
+
+    def _response_done(self, resp: _Resp) -> list[Command]:
+        """The whole response reached the client."""
+        ex = self._ex
+        assert ex is not None
+        if resp.engine_close:
+            self._engine_dirty = True
+        self._resp = None
+        if resp.client_close or not ex.keep_alive:
+            return self._close_all()
+        if not ex.body_done:
+            # Response done before the request body was read: drop the rest of the body.
+            self.phase = Phase.REFUSING
+            return self._pump_client()
+        return self._next_cycle()
 
     def _engine_broken(self, why: str) -> list[Command]:
         out: list[Command] = [Log(f"engine connection failed: {why}")]
-        if self.client.our_state is h11.SEND_RESPONSE:
+        self._engine_dirty = True
+        ex = self._ex
+        if ex is not None and not ex.responded:
             out += self._respond(
                 502,
                 error_body(f"enhanced container isolation: the Docker engine failed: {why}"),
@@ -551,41 +1093,25 @@ class ProxyConnection:
 
     # -- cycles --------------------------------------------------------------------------------
 
-    def _finish_cycle(self) -> list[Command]:
-        out: list[Command] = []
-        client_ok = self.client.our_state is h11.DONE and self.client.their_state is h11.DONE
-        if not client_ok:
-            if self.client.their_state is h11.DONE and self.client.our_state is h11.MUST_CLOSE:
-                return out + self._close_all()
-            if self.client.our_state is h11.DONE and self.client.their_state is not h11.DONE:
-                # Response done before the request body was read (refused): drop the rest.
-                self.phase = Phase.REFUSING
-                return out
-            return out + self._close_all()
-        if self.engine.our_state is h11.DONE and self.engine.their_state is h11.DONE:
-            self.engine.start_next_cycle()
-        elif self.engine.our_state is not h11.IDLE or self.engine.their_state is not h11.IDLE:
-            self._engine_dirty = True
-        self.client.start_next_cycle()
+    def _next_cycle(self) -> list[Command]:
+        ex = self._ex
         self._ex = None
+        self._resp = None
         self.phase = Phase.IDLE
-        if self._close_after_response:
-            return out + self._close_all()
-        return out + self._pump_client()
+        if ex is not None and not ex.keep_alive:
+            return self._close_all()
+        return self._pump_client()
 
-    def _splice(self, *, hijacked: bool = False) -> list[Command]:
+    def _splice(self) -> list[Command]:
         out: list[Command] = [Splice()]
         self.phase = Phase.SPLICED
-        engine_rest, engine_closed = self.engine.trailing_data
-        client_rest, client_closed = self.client.trailing_data
-        if engine_rest:
-            out.append(SendClient(bytes(engine_rest)))
-        if client_rest:
-            out.append(SendEngine(bytes(client_rest)))
-        if client_closed or self._client_eof:
+        self._engine_busy = False
+        self._engine_dirty = True
+        if self._cbuf:
+            out.append(SendEngine(self._cbuf))
+            self._cbuf = b""
+        if self._client_eof:
             out.append(ShutdownEngine())
-        if engine_closed:
-            out.append(ShutdownClient())
         return out
 
     def _close_all(self) -> list[Command]:
@@ -593,35 +1119,42 @@ class ProxyConnection:
         # it); anything else is closed with the client.
         reusable = self.engine_reusable()
         self.phase = Phase.CLOSED
+        self._cbuf = b""
         if reusable:
             return [CloseClient()]
         self._engine_dirty = True
         return [CloseEngine(), CloseClient()]
 
-    # -- serialization helpers -------------------------------------------------------------
 
-    def _to_client(self, event: h11.Event) -> list[Command]:
-        data = self.client.send(event)
-        return [SendClient(data)] if data else []
-
-    def _to_engine(self, event: h11.Event) -> list[Command]:
-        data = self.engine.send(event)
-        return [SendEngine(data)] if data else []
-
-
-def _has_framing(event: h11.Response) -> bool:
-    return any(
-        k.lower() in (b"content-length", b"transfer-encoding") for k, _ in event.headers.raw_items()
-    )
+def _rebuild_head(
+    head: bytes,
+    *,
+    length: int | None,
+    http10: bool,
+    keep_alive: bool,
+) -> bytes:
+    """A response head made again from the engine's: its status line and headers, with a new
+    Content-Length (`length`), or for an HTTP/1.0 client without chunked framing, and with a
+    Connection header saying what we will do."""
+    drop = {b"transfer-encoding"}
+    if length is not None:
+        drop.add(b"content-length")
+    if http10:
+        drop.add(b"connection")
+    lines = head.split(b"\r\n")  # a head llhttp has validated: no bare CR or LF, no folding
+    parts = [lines[0], b"\r\n"]
+    for line in lines[1:-2]:
+        name, _, value = line.partition(b":")
+        if name.lower() not in drop:
+            parts += (name, b": ", value.strip(_OWS), b"\r\n")
+    if length is not None:
+        parts.append(b"Content-Length: %d\r\n" % length)
+    if http10:
+        parts.append(b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _is_hijack_path(target: str) -> bool:
     path = target.split("?", 1)[0].rstrip("/")
     return path.endswith(("/attach", "/start")) and ("/containers/" in path or "/exec/" in path)
-
-
-def _raw_response_head(event: h11.Response) -> bytes:
-    reason = bytes(event.reason) if event.reason else b"OK"
-    lines = [b"HTTP/1.1 %d %s" % (event.status_code, reason)]
-    lines += [k + b": " + v for k, v in event.headers.raw_items()]
-    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -1,10 +1,17 @@
 """The asyncio driver: sockets in, `ProxyConnection` commands out. No policy lives here.
 
-For each accepted client connection it keeps one engine connection (taken warm from a small
-pool, so a fresh client does not pay for a fresh engine connect), feeds bytes from both sides
-into the connection's state object and carries out the commands it returns, in order. Writes
-are followed by `drain()`, so a slow reader on one side slows the other (no unbounded
-buffering of streams such as `docker cp` or `logs -f`).
+Each accepted client connection is a `_Session` (an asyncio protocol: the event loop calls it
+with the bytes it read, no task per connection). It keeps one engine connection, taken warm
+from a small pool so that a fresh client does not pay for a fresh engine connect, feeds the
+bytes from both sides into the connection's state object and carries out the commands it
+returns, in order. The policy's answers (`Gate.judge`, `Gate.verify`) are coroutines; a judge
+that needs no I/O finishes at once (its first step is run on the spot, as Python 3.12's eager
+tasks do), any other goes on as a task while the session waits for it.
+
+Flow control: a slow reader on one side slows the other. When more than `HIGH_WATER` bytes are
+buffered for one peer, reading from the other peer pauses until they are written (no unbounded
+buffering of streams such as `docker cp` or `logs -f`); so does reading from a client that
+pipelines more than that behind a request still in progress.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from agent.policy.decide import Decision
 from agent.proxy.connection import (
@@ -42,8 +49,10 @@ log = logging.getLogger("eci_agent.proxy")
 READ_SIZE = 256 * 1024
 #: Pending connections the kernel queues for us (dockerd itself listens with 4096).
 BACKLOG = 4096
-#: Wait for the peer to read only when this much is buffered for it.
+#: Stop reading from one side while this much is buffered for the other.
 HIGH_WATER = 256 * 1024
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +65,12 @@ class Peer:
     listener: str = "host"  # which of the agent's sockets it came through: host or container
 
 
-def peer_of(writer: asyncio.StreamWriter, listener: str) -> Peer:
-    sock = writer.get_extra_info("socket")
+class _HasExtraInfo(Protocol):
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def peer_of(transport: _HasExtraInfo, listener: str) -> Peer:
+    sock = transport.get_extra_info("socket")
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
         return Peer(listener=listener)
     try:
@@ -78,6 +91,113 @@ class Gate(Protocol):
     async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]: ...
 
 
+# ---------------------------------------------------------------------------------------------
+# Running a coroutine's first step now
+
+
+class _Rest:
+    """Awaitable going on with a coroutine whose first step already ran and yielded `first`
+    (what `yield from` does, from the middle)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self.coro
+        yielded = self.first
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancellation): pass it on
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish(rest: _Rest) -> Any:
+    return await rest
+
+
+def _start(coro: Coroutine[Any, Any, T]) -> T | asyncio.Task[T]:
+    """Run `coro` until it first waits: its result if it never does, otherwise a task running
+    the rest."""
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    return asyncio.get_running_loop().create_task(_finish(_Rest(coro, first)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine connections
+
+
+class _Engine(asyncio.Protocol):
+    """One connection to the engine socket; hands what it reads to the session using it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.session: _Session | None = None
+        self.alive = False
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)  # uvloop's are no subclasses
+        t.set_write_buffer_limits(high=HIGH_WATER)
+        self.alive = True
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is None:  # idle in the pool: nothing was asked
+            self.close()
+            return
+        session.engine_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        session = self.session
+        if session is None:
+            self.alive = False
+            return False
+        return session.engine_eof(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        session = self.session
+        if session is not None:
+            session.engine_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.hold_client_reading("engine-slow", True)
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.hold_client_reading("engine-slow", False)
+
+    def reusable(self) -> bool:
+        return self.alive and not self.eof and self.transport is not None
+
+    def close(self) -> None:
+        self.alive = False
+        self.session = None
+        if self.transport is not None:
+            self.transport.close()
+
+
 class EnginePool:
     """A few pre-opened connections to the engine socket."""
 
@@ -85,216 +205,361 @@ class EnginePool:
         self.path = path
         self.warm = warm
         self.max_idle = max_idle
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[_Engine] = []
         self._filling: asyncio.Task[None] | None = None
 
-    async def acquire(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def take(self) -> _Engine | None:
+        """An idle engine connection, if one is at hand."""
         while self._idle:
-            reader, writer = self._idle.pop()
-            if not reader.at_eof() and not writer.is_closing():
+            engine = self._idle.pop()
+            if engine.reusable():
                 self._refill()
-                return reader, writer
-            writer.close()
+                return engine
+            engine.close()
         self._refill()
-        return await asyncio.open_unix_connection(self.path, limit=READ_SIZE)
+        return None
 
-    def release(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def connect(self) -> _Engine:
+        loop = asyncio.get_running_loop()
+        _, engine = await loop.create_unix_connection(_Engine, self.path)
+        return engine
+
+    async def acquire(self) -> _Engine:
+        return self.take() or await self.connect()
+
+    def release(self, engine: _Engine) -> None:
         """Take back an engine connection that is idle between requests."""
-        if len(self._idle) < self.max_idle:
-            self._idle.append((reader, writer))
+        engine.session = None
+        if engine.reusable() and len(self._idle) < self.max_idle:
+            self._idle.append(engine)
         else:
-            writer.close()
+            engine.close()
 
     def _refill(self) -> None:
         if self.warm <= 0 or (self._filling is not None and not self._filling.done()):
+            return
+        if len(self._idle) >= self.warm:
             return
         self._filling = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
         while len(self._idle) < self.warm:
             try:
-                pair = await asyncio.open_unix_connection(self.path, limit=READ_SIZE)
+                engine = await self.connect()
             except OSError:
                 return
-            self._idle.append(pair)
+            self._idle.append(engine)
 
     async def close(self) -> None:
         if self._filling is not None:
             self._filling.cancel()
             with contextlib.suppress(BaseException):
                 await self._filling
-        for _, writer in self._idle:
-            writer.close()
+        for engine in self._idle:
+            engine.close()
         self._idle.clear()
 
 
-class _Session:
-    """One client connection being served."""
+# ---------------------------------------------------------------------------------------------
+# Client connections
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        pool: EnginePool,
-        gate: Gate,
-        peer: Peer,
-    ) -> None:
-        self.creader = reader
-        self.cwriter = writer
+
+class _Session(asyncio.Protocol):
+    """One client connection being served (the protocol of the client's transport)."""
+
+    def __init__(self, pool: EnginePool, gate: Gate, listener: str, live: set[_Session]) -> None:
         self.pool = pool
         self.gate = gate
-        self.peer = peer
+        self.listener = listener
+        self.live = live
+        self.peer = Peer(listener=listener)
         self.conn = ProxyConnection(gate.needs_body)
-        self.ereader: asyncio.StreamReader | None = None
-        self.ewriter: asyncio.StreamWriter | None = None
-        self.engine_task: asyncio.Task[None] | None = None
-        self.closed = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self.engine: _Engine | None = None
+        self.connecting: asyncio.Task[_Engine] | None = None
+        self.to_engine: list[bytes] = []  # written once the engine connection is there
+        self.waiting: asyncio.Task[Any] | None = None  # a judge or verify going on
+        self.queue: list[Command] = []  # commands that came while waiting
+        self.holds: set[str] = set()  # why reading from the client is paused
+        self.client_slow = False  # the client's write buffer is full
+        self.closed = False
+        self.spliced = False
         self.client_done = False
         self.engine_done = False
-        self.spliced = False
 
-    async def run(self) -> None:
-        client_task: asyncio.Task[None] | None = None
-        try:
-            self.ereader, self.ewriter = await self.pool.acquire()
-            self.engine_task = asyncio.create_task(self._engine_loop(self.ereader))
-            client_task = asyncio.create_task(self._client_loop())
-            await self.closed.wait()
-        except (ConnectionError, OSError) as err:
-            log.debug("connection ended: %s", err)
-        finally:
-            if client_task is not None and client_task is not asyncio.current_task():
-                client_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await client_task
-            await self._release_engine()
-            self.cwriter.close()
-            with contextlib.suppress(Exception):
-                await self.cwriter.wait_closed()
+    # -- the client's transport ---------------------------------------------------------------
 
-    async def _release_engine(self) -> None:
-        """Give a cleanly idle engine connection back to the pool; close anything else."""
-        if (
-            self.ereader is not None
-            and self.ewriter is not None
-            and not self.spliced
-            and self.conn.engine_reusable()
-            and not self.ereader.at_eof()
-            and not self.ewriter.is_closing()
-        ):
-            reader, writer, task = self.ereader, self.ewriter, self.engine_task
-            self.ereader = self.ewriter = None
-            self.engine_task = None
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-            self.pool.release(reader, writer)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)  # uvloop's are no subclasses
+        t.set_write_buffer_limits(high=HIGH_WATER)
+        self.peer = peer_of(t, self.listener)
+        self.live.add(self)
+        engine = self.pool.take()
+        if engine is not None:
+            self._attach(engine)
+        else:
+            self._connect()
+
+    def data_received(self, data: bytes) -> None:
+        self._run(self.conn.client_data(data))
+        if self.conn.backlog > HIGH_WATER and not self.closed:
+            self.hold_client_reading("backlog", True)
+
+    def eof_received(self) -> bool:
+        self.client_done = True
+        self._run(self.conn.client_data(b""))
+        return True  # keep the transport: the response may still be on its way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The client is gone: stop, whatever the engine still sends.
+        self.close()
+
+    def pause_writing(self) -> None:
+        self.client_slow = True
+        engine = self.engine
+        if engine is not None and engine.transport is not None:
+            engine.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client_slow = False
+        engine = self.engine
+        if engine is not None and engine.transport is not None and not self.closed:
+            engine.transport.resume_reading()
+
+    def hold_client_reading(self, why: str, hold: bool) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
             return
-        await self._close_engine()
+        if hold:
+            if not self.holds:
+                transport.pause_reading()
+            self.holds.add(why)
+        elif why in self.holds:
+            self.holds.discard(why)
+            if not self.holds:
+                transport.resume_reading()
 
-    async def _client_loop(self) -> None:
-        while not self.closed.is_set():
-            try:
-                data = await self.creader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            await self._run(self.conn.client_data(data))
-            if not data:
-                self.client_done = True
-                if not self.spliced:
-                    # No more requests can come; what is in flight still completes.
-                    if self.conn.phase.value in ("idle", "closed"):
-                        self.closed.set()
-                elif self.engine_done:
-                    self.closed.set()
+    # -- the engine's transport ---------------------------------------------------------------
+
+    def engine_data(self, engine: _Engine, data: bytes) -> None:
+        if engine is self.engine:
+            self._run(self.conn.engine_data(data))
+            if "backlog" in self.holds and self.conn.backlog <= HIGH_WATER:
+                self.hold_client_reading("backlog", False)
+
+    def engine_eof(self, engine: _Engine) -> bool:
+        if engine is not self.engine:
+            return False
+        self.engine_done = True
+        self._run(self.conn.engine_data(b""))
+        if self.spliced and not self.closed:
+            return True  # half-closed: the client may still send
+        if self.engine is engine:
+            self._detach()
+        return False
+
+    def engine_lost(self, engine: _Engine) -> None:
+        if engine is not self.engine:
+            return
+        self._detach()
+        if self.spliced:
+            self.close()
+        elif not self.engine_done:
+            self.engine_done = True
+            self._run(self.conn.engine_data(b""))
+
+    def _detach(self) -> _Engine | None:
+        """Stop using the engine connection (the caller closes or pools it)."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.session = None
+            self.hold_client_reading("engine-slow", False)
+        return engine
+
+    def _attach(self, engine: _Engine) -> None:
+        engine.session = self
+        self.engine = engine
+        self.engine_done = False
+        if self.client_slow and engine.transport is not None:
+            engine.transport.pause_reading()
+
+    def _connect(self) -> None:
+        if self.connecting is not None:
+            return
+        self.connecting = asyncio.get_running_loop().create_task(self.pool.acquire())
+        self.connecting.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[_Engine]) -> None:
+        self.connecting = None
+        if task.cancelled():
+            return
+        err = task.exception()
+        if self.closed:
+            if err is None:
+                self.pool.release(task.result())
+            return
+        if err is not None:
+            log.debug("cannot connect to the engine: %s", err)
+            self.close()
+            return
+        engine = task.result()
+        self._attach(engine)
+        pending, self.to_engine = self.to_engine, []
+        if pending and engine.transport is not None:
+            engine.transport.writelines(pending)
+        self.hold_client_reading("connecting", False)
+
+    def _send_engine(self, data: bytes) -> None:
+        engine = self.engine
+        if engine is not None and engine.alive and engine.transport is not None:
+            if not engine.transport.is_closing():
+                engine.transport.write(data)
+            return
+        if self.spliced:
+            return  # the engine's side of the pipe is gone
+        if engine is not None:
+            self._detach()
+            engine.close()
+        if self.connecting is None:
+            engine = self.pool.take()
+            if engine is not None and engine.transport is not None:
+                self._attach(engine)
+                engine.transport.write(data)
                 return
+        self.to_engine.append(data)
+        self.hold_client_reading("connecting", True)
+        self._connect()
 
-    async def _engine_loop(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                data = await reader.read(READ_SIZE)
-            except (ConnectionError, OSError):
-                data = b""
-            if reader is not self.ereader:
-                return  # this engine connection was replaced
-            await self._run(self.conn.engine_data(data))
-            if not data:
-                self.engine_done = True
-                if self.spliced and self.client_done:
-                    self.closed.set()
+    # -- carrying out commands ------------------------------------------------------------------
+
+    def _run(self, commands: list[Command]) -> None:
+        if self.waiting is not None or self.closed:
+            if not self.closed:
+                self.queue += commands
+            return
+        try:
+            self._carry_out(commands)
+        except Exception:  # a bug in the driver or the policy: drop this connection only
+            log.exception("proxy session failed")
+            self.close()
+
+    def _carry_out(self, commands: list[Command]) -> None:
+        i = 0
+        while i < len(commands):
+            if self.closed:
                 return
-
-    async def _ensure_engine(self) -> asyncio.StreamWriter:
-        if self.ewriter is None or self.ewriter.is_closing():
-            self.ereader, self.ewriter = await self.pool.acquire()
-            self.engine_done = False
-            self.engine_task = asyncio.create_task(self._engine_loop(self.ereader))
-        return self.ewriter
-
-    async def _close_engine(self) -> None:
-        writer, task = self.ewriter, self.engine_task
-        self.ereader = self.ewriter = None
-        self.engine_task = None
-        if writer is not None:
-            writer.close()
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _run(self, commands: list[Command]) -> None:
-        for command in commands:
-            if isinstance(command, SendClient):
-                self.cwriter.write(command.data)
-            elif isinstance(command, SendEngine):
-                writer = await self._ensure_engine()
-                writer.write(command.data)
-            elif isinstance(command, Judge):
-                decision, body = await self.gate.judge(command.request, self.peer)
-                await self._run(self.conn.judged(decision, body))
-            elif isinstance(command, Verify):
-                ok, status, message = await self.gate.verify(command, self.peer)
-                await self._run(self.conn.verified(ok, status, message))
-            elif isinstance(command, Splice):
+            command = commands[i]
+            i += 1
+            if type(command) is SendClient:
+                transport = self.transport
+                assert transport is not None
+                if not transport.is_closing():
+                    transport.write(command.data)
+            elif type(command) is SendEngine:
+                self._send_engine(command.data)
+            elif type(command) is Judge:
+                verdict = _start(self.gate.judge(command.request, self.peer))
+                if isinstance(verdict, asyncio.Task):
+                    self._wait(verdict, commands[i:], self._judged)
+                    return
+                commands = self._judged(verdict) + commands[i:]
+                i = 0
+            elif type(command) is Verify:
+                answer = _start(self.gate.verify(command, self.peer))
+                if isinstance(answer, asyncio.Task):
+                    self._wait(answer, commands[i:], self._verified)
+                    return
+                commands = self._verified(answer) + commands[i:]
+                i = 0
+            elif type(command) is Splice:
                 self.spliced = True
-            elif isinstance(command, ShutdownEngine):
+            elif type(command) is ShutdownEngine:
                 self.client_done = True
-                if self.ewriter is not None and self.ewriter.can_write_eof():
-                    await self._drain(force=True)
-                    with contextlib.suppress(OSError):
-                        self.ewriter.write_eof()
+                engine = self.engine
+                if engine is not None and engine.transport is not None:
+                    if engine.transport.can_write_eof():
+                        with contextlib.suppress(OSError, RuntimeError):
+                            engine.transport.write_eof()
                 if self.engine_done:
-                    self.closed.set()
-            elif isinstance(command, ShutdownClient):
+                    self.close()
+            elif type(command) is ShutdownClient:
                 self.engine_done = True
-                if self.cwriter.can_write_eof():
-                    await self._drain(force=True)
-                    with contextlib.suppress(OSError):
-                        self.cwriter.write_eof()
+                transport = self.transport
+                if transport is not None and transport.can_write_eof():
+                    with contextlib.suppress(OSError, RuntimeError):
+                        transport.write_eof()
                 if self.client_done:
-                    self.closed.set()
-            elif isinstance(command, CloseEngine):
-                await self._drain(force=True)
-                await self._close_engine()
-            elif isinstance(command, CloseClient):
-                await self._drain(force=True)
-                self.closed.set()
-            elif isinstance(command, Log):
+                    self.close()
+            elif type(command) is CloseEngine:
+                engine = self._detach()
+                if engine is not None:
+                    engine.close()
+            elif type(command) is CloseClient:
+                self.close()
+            elif type(command) is Log:
                 log.debug("%s", command.message)
             else:  # pragma: no cover - a new command without a handler is a bug
                 raise RuntimeError(f"unexpected command {command!r}")
-        await self._drain()
-        if self.cwriter.is_closing() and not self.closed.is_set():
-            # The client is gone (a write failed): stop, whatever the engine still sends.
-            self.closed.set()
 
-    async def _drain(self, *, force: bool = False) -> None:
-        """Let the peers catch up when much is buffered for them (or always, with `force`)."""
-        for writer in (self.cwriter, self.ewriter):
-            if writer is None or writer.is_closing():
-                continue
-            if force or writer.transport.get_write_buffer_size() > HIGH_WATER:
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.drain()
+    def _wait(
+        self,
+        task: asyncio.Task[Any],
+        rest: list[Command],
+        then: Callable[[Any], list[Command]],
+    ) -> None:
+        self.waiting = task
+        self.queue = rest
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self.waiting = None
+            queued, self.queue = self.queue, []
+            if self.closed or task.cancelled():
+                return
+            try:
+                commands = then(task.result())
+            except Exception:
+                log.exception("policy evaluation failed")
+                self.close()
+                return
+            self._run(commands + queued)
+            if "backlog" in self.holds and self.conn.backlog <= HIGH_WATER:
+                self.hold_client_reading("backlog", False)
+
+        task.add_done_callback(done)
+
+    def _judged(self, result: tuple[Decision, bytes | None]) -> list[Command]:
+        decision, body = result
+        return self.conn.judged(decision, body)
+
+    def _verified(self, result: tuple[bool, int, str]) -> list[Command]:
+        ok, status, message = result
+        return self.conn.verified(ok, status, message)
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End the session; give a cleanly idle engine connection back to the pool."""
+        if self.closed:
+            return
+        self.closed = True
+        self.live.discard(self)
+        for task in (self.waiting, self.connecting):
+            if task is not None:
+                task.cancel()
+        self.waiting = None
+        self.queue = []
+        engine = self.engine
+        self.engine = None
+        if engine is not None:
+            engine.session = None
+            if not self.spliced and self.conn.engine_reusable() and engine.reusable():
+                if engine.transport is not None:
+                    engine.transport.resume_reading()
+                self.pool.release(engine)
+            else:
+                engine.close()
+        if self.transport is not None:
+            self.transport.close()  # after what is buffered for the client is written
 
 
 class ProxyListener:
@@ -318,21 +583,25 @@ class ProxyListener:
         self.mode = mode
         self.group = group
         self._sock = sock
-        self._server: asyncio.base_events.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[_Session] = set()
+
+    def _session(self) -> _Session:
+        return _Session(self.pool, self.gate, self.listener, self._sessions)
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._sock is not None:
-            self._server = await asyncio.start_unix_server(
-                self._accept, sock=self._sock, limit=READ_SIZE, backlog=BACKLOG
+            self._server = await loop.create_unix_server(
+                self._session, sock=self._sock, backlog=BACKLOG
             )
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._accept, path=self.path, limit=READ_SIZE, backlog=BACKLOG
+            self._server = await loop.create_unix_server(
+                self._session, path=self.path, backlog=BACKLOG
             )
         finally:
             os.umask(old_umask)
@@ -340,26 +609,14 @@ class ProxyListener:
             os.chown(self.path, -1, self.group)
         os.chmod(self.path, self.mode)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        try:
-            await _Session(
-                reader, writer, self.pool, self.gate, peer_of(writer, self.listener)
-            ).run()
-        finally:
-            self._sessions.discard(task)
-
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 0.5)
-        for task in list(self._sessions):
-            task.cancel()
-        if self._sessions:
-            await asyncio.gather(*self._sessions, return_exceptions=True)
+        for session in list(self._sessions):
+            session.close()
+        await asyncio.sleep(0)  # let the transports close
         if self._sock is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)

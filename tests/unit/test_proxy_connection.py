@@ -314,3 +314,328 @@ def test_engine_dropping_an_idle_connection_gets_a_new_one_for_the_next_request(
     cmds = c.judged(ALLOW)
     assert isinstance(cmds[0], CloseEngine)
     assert sent_engine(cmds).startswith(b"GET /_ping HTTP/1.1\r\n")
+
+
+# -- edge cases of the parsing (llhttp) ------------------------------------------------------
+
+
+def closes(cmds: list[Command]) -> bool:
+    return any(isinstance(x, CloseClient) for x in cmds)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /a HTTP/1.1\r\nHost: d\r\nX-A: a\x00b\r\n\r\n",  # NUL in a value
+        b"GET /a HTTP/1.1\r\nHost: d\r\nX-A: a\rb\r\n\r\n",  # bare CR in a value
+        b"GET /a HTTP/1.1\r\nHost: d\r\nX-A: a\r\n b\r\n\r\n",  # obs-fold
+        b"GET /a HTTP/1.1\r\nHost: d\r\nContent-Length : 5\r\n\r\nhello",  # space before colon
+        b"GET /a HTTP/1.1\r\nHost: d\r\n Content-Length: 5\r\n\r\nhello",  # leading space
+        b"GET /a HTTP/1.1\nHost: d\n\n",  # bare LF
+        b"GET /a HTTP/1.1\r\nHost: d\n\r\n",
+        b"GET /a HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+        b"GET /a HTTP/1.1\r\nHost: d\r\nHost: e\r\n\r\n",
+        b"GET /a HTTP/2.0\r\nHost: d\r\n\r\n",
+        b"GET /a HTTP/0.9\r\nHost: d\r\n\r\n",
+        b"GET /a\x01 HTTP/1.1\r\nHost: d\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: d\r\nContent-Length: 2, 2\r\n\r\nab",
+        b"POST /a HTTP/1.1\r\nHost: d\r\nContent-Length: +2\r\n\r\nab",
+        b"POST /a HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /a HTTP/1.0\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+)
+def test_ambiguous_or_malformed_heads_are_refused_and_closed(raw: bytes) -> None:
+    c = new()
+    cmds = c.client_data(raw)
+    assert not judges(cmds) and not sent_engine(cmds)
+    assert sent_client(cmds).split(b" ")[1][:1] in (b"4", b"5")
+    assert closes(cmds) and c.phase is Phase.CLOSED
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"x\r\nhello\r\n0\r\n\r\n",  # not hex
+        b"5 \r\nhello\r\n0\r\n\r\n",  # space after the size
+        b"-5\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",  # bare LF
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"ffffffffffffffffff\r\n",  # overflow
+    ],
+)
+def test_bad_chunks_are_refused_and_never_forwarded(chunks: bytes) -> None:
+    c = new()
+    head = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    c.client_data(head)
+    fwd = sent_engine(c.judged(ALLOW))
+    cmds = c.client_data(chunks)
+    assert sent_client(cmds).startswith(b"HTTP/1.1 400 ") and closes(cmds)
+    assert b"hello" not in fwd + sent_engine(cmds)
+
+
+def test_judged_chunked_body_with_bad_chunk_is_never_judged() -> None:
+    c = new()
+    raw = b"POST /containers/create HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    cmds = c.client_data(raw + b"2\r\n{}\r\n0\r\n\n")
+    assert not judges(cmds) and not sent_engine(cmds) and closes(cmds)
+
+
+def test_streamed_chunked_body_is_rechunked_without_extensions_or_trailers() -> None:
+    c = new()
+    head = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    c.client_data(head)
+    fwd = sent_engine(c.judged(ALLOW))
+    assert b"Transfer-Encoding: chunked\r\n" in fwd
+    fwd = sent_engine(c.client_data(b"5;name=value\r\nhello\r\n3;x\r\nabc\r\n"))
+    fwd += sent_engine(c.client_data(b"0;end\r\nX-Trailer: evil\r\n\r\n"))
+    assert fwd == b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+
+
+def test_chunked_body_end_split_across_reads_then_a_pipelined_request() -> None:
+    c = new()
+    head = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    c.client_data(head)
+    c.judged(ALLOW)
+    fwd = b""
+    for piece in (b"4\r\nab\r\n\r\n0\r", b"\n\r", b"\n" + PING):
+        cmds = c.client_data(piece)
+        assert not judges(cmds), "the next request waits for the response"
+        fwd += sent_engine(cmds)
+    assert fwd == b"4\r\nab\r\n\r\n0\r\n\r\n"
+    (judge,) = judges(c.engine_data(PONG))
+    assert judge.request.head.target == "/_ping"
+
+
+def test_content_length_body_is_forwarded_as_is_and_the_next_request_waits() -> None:
+    c = new()
+    put = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nContent-Length: 5\r\n\r\n"
+    c.client_data(put + b"AB")
+    fwd = sent_engine(c.judged(ALLOW))
+    assert fwd.startswith(b"PUT /containers/x/archive?path=/ HTTP/1.1\r\n")
+    assert b"Content-Length: 5\r\n" in fwd and fwd.endswith(b"\r\n\r\nAB")
+    cmds = c.client_data(b"CDE" + PING)
+    assert sent_engine(cmds) == b"CDE" and not judges(cmds)
+    assert len(judges(c.engine_data(PONG))) == 1
+
+
+def test_refused_streamed_chunked_body_is_discarded_then_the_next_request_judged() -> None:
+    c = new()
+    head = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
+    c.client_data(head + b"3\r\nabc\r\n")
+    cmds = c.judged(deny(403, "no", "test"))
+    assert sent_client(cmds).startswith(b"HTTP/1.1 403 ") and not sent_engine(cmds)
+    cmds = c.client_data(b"0\r\n\r\n" + PING)
+    (judge,) = judges(cmds)
+    assert judge.request.head.target == "/_ping" and not sent_engine(cmds)
+
+
+def test_http10_request_is_forwarded_as_http11_with_a_host_and_closed_after() -> None:
+    c = new()
+    cmds = c.client_data(b"GET /_ping HTTP/1.0\r\nUser-Agent: old\r\n\r\n")
+    (judge,) = judges(cmds)
+    assert judge.request.head.http_version == "1.0"
+    fwd = sent_engine(c.judged(ALLOW))
+    assert fwd.startswith(b"GET /_ping HTTP/1.1\r\n") and b"\r\nHost: " in fwd
+    cmds = c.engine_data(PONG)
+    out = sent_client(cmds)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"\r\n\r\nOK")
+    assert b"Connection: close\r\n" in out and closes(cmds)
+
+
+def test_http10_keep_alive_stays_open_and_gets_chunked_responses_dechunked() -> None:
+    c = new()
+    c.client_data(b"GET /_ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    c.judged(ALLOW)
+    cmds = c.engine_data(PONG)
+    assert b"Connection: keep-alive\r\n" in sent_client(cmds) and not closes(cmds)
+    assert c.phase is Phase.IDLE
+    c.client_data(b"GET /containers/json HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    c.judged(ALLOW)
+    cmds = c.engine_data(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\n[1,\r\n"
+    )
+    cmds += c.engine_data(b"2\r\n2]\r\n0\r\n\r\n")
+    out = sent_client(cmds)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"Connection: close" in head
+    assert body == b"[1,2]" and closes(cmds)
+
+
+def test_head_response_with_content_length_ends_at_the_head() -> None:
+    c = new()
+    c.client_data(b"HEAD /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\n\r\n")
+    c.judged(ALLOW)
+    cmds = c.engine_data(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n")
+    assert sent_client(cmds) == b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n"
+    assert c.phase is Phase.IDLE
+    cmds = c.client_data(PING)
+    assert len(judges(cmds)) == 1
+
+
+def test_expect_100_continue_on_a_streamed_body_is_answered_once_allowed() -> None:
+    c = new()
+    put = (
+        b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    cmds = c.client_data(put)
+    assert not sent_client(cmds), "nothing is promised before the policy said yes"
+    cmds = c.judged(ALLOW)
+    assert sent_client(cmds) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert b"expect" not in sent_engine(cmds).lower()
+    assert sent_engine(c.client_data(b"hello")) == b"hello"
+    # The engine's own 100 (it should send none: it never saw Expect) is not passed on.
+    cmds = c.engine_data(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert sent_client(cmds) == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert c.phase is Phase.IDLE
+
+
+def test_refused_expect_100_request_is_closed_not_left_waiting() -> None:
+    c = new()
+    put = (
+        b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    c.client_data(put)
+    cmds = c.judged(deny(403, "no", "test"))
+    assert sent_client(cmds).startswith(b"HTTP/1.1 403 ") and closes(cmds)
+
+
+def test_raw_bytes_after_an_upgrade_request_are_not_parsed_before_the_engine_answers() -> None:
+    c = new()
+    attach = (
+        b"POST /containers/x/attach?stream=1&stdin=1 HTTP/1.1\r\nHost: d\r\n"
+        b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    )
+    cmds = c.client_data(attach + b"\x01\x02 not http at all\r\n\r\n")
+    assert len(judges(cmds)) == 1 and not sent_client(cmds)
+    c.judged(ALLOW)
+    cmds = c.engine_data(b"HTTP/1.1 101 UPGRADED\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n")
+    assert sent_engine(cmds) == b"\x01\x02 not http at all\r\n\r\n"
+
+
+def test_upgrade_request_with_a_body_declined_by_the_engine_goes_on_with_http() -> None:
+    c = new()
+    start = (
+        b"POST /exec/abc/start HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    cmds = c.client_data(start + PING)
+    (judge,) = judges(cmds)
+    assert judge.request.head.target == "/exec/abc/start"
+    fwd = sent_engine(c.judged(ALLOW))
+    assert fwd.endswith(b"\r\n\r\n{}")
+    cmds = c.engine_data(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}")
+    assert sent_client(cmds).startswith(b"HTTP/1.1 404 ")
+    (judge,) = judges(cmds)
+    assert judge.request.head.target == "/_ping"
+
+
+def test_upgrade_request_with_a_chunked_body() -> None:
+    c = new()
+    start = (
+        b"POST /exec/abc/start HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\nstdin"
+    )
+    c.client_data(start)
+    fwd = sent_engine(c.judged(ALLOW))
+    assert fwd.endswith(b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    cmds = c.engine_data(b"HTTP/1.1 101 UPGRADED\r\n\r\n")
+    assert sent_engine(cmds) == b"stdin"
+
+
+def test_response_head_in_pieces_and_a_read_until_close_body_rechunked() -> None:
+    """A body that ends when the engine closes is chunked for the client, which stays."""
+    c = new()
+    c.client_data(b"GET /containers/x/export HTTP/1.1\r\nHost: d\r\n\r\n" + PING)
+    c.judged(ALLOW)
+    out = b""
+    for piece in (b"HTTP/1.1 200 OK\r\nContent-Type: app", b"lication/x-tar\r\n\r", b"\nabc"):
+        out += sent_client(c.engine_data(piece))
+    out += sent_client(c.engine_data(b"def"))
+    cmds = c.engine_data(b"")
+    out += sent_client(cmds)
+    assert out == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"
+    )
+    assert not closes(cmds) and len(judges(cmds)) == 1
+    assert isinstance(c.judged(ALLOW)[0], CloseEngine), "that engine connection is done"
+
+
+def test_read_until_close_body_with_connection_close_is_passed_raw_then_closed() -> None:
+    c = new()
+    c.client_data(b"GET /containers/x/export HTTP/1.1\r\nHost: d\r\n\r\n")
+    c.judged(ALLOW)
+    raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc"
+    assert sent_client(c.engine_data(raw)) == raw
+    cmds = c.engine_data(b"")
+    assert closes(cmds) and any(isinstance(x, CloseEngine) for x in cmds)
+
+
+def test_chunked_response_is_passed_on_raw_and_its_end_found() -> None:
+    c = new()
+    c.client_data(PING + PING)
+    c.judged(ALLOW)
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\n\r\n\r\n\r\n0\r\n\r\n"
+    cmds = c.engine_data(raw)
+    assert sent_client(cmds) == raw
+    assert len(judges(cmds)) == 1 and c.engine_reusable()
+
+
+def test_response_before_the_request_body_ends_drops_the_rest_and_the_engine_connection() -> None:
+    c = new()
+    put = b"PUT /containers/nope/archive?path=/ HTTP/1.1\r\nHost: d\r\nContent-Length: 10\r\n\r\n"
+    c.client_data(put + b"abc")
+    c.judged(ALLOW)
+    cmds = c.engine_data(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}")
+    assert sent_client(cmds).startswith(b"HTTP/1.1 404 ") and c.phase is Phase.REFUSING
+    assert not c.engine_reusable()
+    cmds = c.client_data(b"defghij" + PING)
+    assert not sent_engine(cmds)
+    (judge,) = judges(cmds)
+    assert isinstance(c.judged(ALLOW)[0], CloseEngine)
+
+
+def test_verified_response_with_a_chunked_body_gets_a_length() -> None:
+    c = new()
+    c.client_data(b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\n{}")
+    c.judged(Decision(True, rule="x", expect_image_id="sha256:" + "c" * 64))
+    cmds = c.engine_data(
+        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n4\r\n{"Id\r\n'
+    )
+    assert not sent_client(cmds)
+    cmds = c.engine_data(b'5\r\n":1}\n\r\n0\r\n\r\n')
+    (verify,) = [x for x in cmds if isinstance(x, Verify)]
+    assert verify.body == b'{"Id":1}\n' and verify.status == 201
+    out = sent_client(c.verified(True))
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201 Created\r\n") and b"Content-Length: 9" in head
+    assert b"transfer-encoding" not in head.lower() and body == b'{"Id":1}\n'
+    assert c.phase is Phase.IDLE
+
+
+def test_oversized_head_is_refused() -> None:
+    c = new()
+    cmds = c.client_data(b"GET /a HTTP/1.1\r\nHost: d\r\nX-Big: " + b"a" * (1024 * 1024 + 10))
+    assert sent_client(cmds).startswith(b"HTTP/1.1 431 ") and closes(cmds)
+
+
+def test_header_values_lose_trailing_whitespace_and_keep_their_names() -> None:
+    c = new()
+    (judge,) = judges(c.client_data(b"GET /_ping HTTP/1.1\r\nhOsT: d  \r\nX-Y:\tv \t\r\n\r\n"))
+    assert judge.request.head.headers == ((b"hOsT", b"d"), (b"X-Y", b"v"))
+    assert b"\r\nhOsT: d\r\nX-Y: v\r\n\r\n" in sent_engine(c.judged(ALLOW))
+
+
+def test_leading_empty_lines_before_a_request_are_skipped() -> None:
+    c = new()
+    (judge,) = judges(c.client_data(b"\r\n\r\n" + PING))
+    assert judge.request.head.target == "/_ping"

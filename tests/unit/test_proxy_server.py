@@ -1,0 +1,280 @@
+"""The asyncio driver against a scripted fake engine on a private unix socket (no dockerd)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from agent.policy.decide import ALLOW, Decision, deny
+from agent.proxy.connection import Request, RequestHead, Verify
+from agent.proxy.server import HIGH_WATER, EnginePool, Peer, ProxyListener
+
+PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
+PONG = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class FakeGate:
+    def __init__(self, delay: float = 0.0, refuse: tuple[str, ...] = ()) -> None:
+        self.delay = delay
+        self.refuse = refuse
+        self.judged: list[str] = []
+
+    def needs_body(self, head: RequestHead) -> bool:
+        return False
+
+    async def judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.judged.append(request.head.target)
+        if request.head.target in self.refuse:
+            return deny(403, "no", "test"), None
+        return ALLOW, None
+
+    async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]:
+        return True, 201, ""
+
+
+class Rig:
+    def __init__(self, tmp: Path, handler: Handler, gate: FakeGate) -> None:
+        self.engine_path = str(tmp / "engine.sock")
+        self.listen = str(tmp / "agent.sock")
+        self.handler = handler
+        self.gate = gate
+        self.engine_conns = 0
+        self.engine_closed = asyncio.Event()
+        self.pool = EnginePool(self.engine_path, warm=1)
+        self.listener = ProxyListener(self.listen, self.pool, gate, mode=0o600)
+        self.server: asyncio.AbstractServer | None = None
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.engine_conns += 1
+        try:
+            await self.handler(r, w)
+        finally:
+            w.close()
+            self.engine_closed.set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._serve, path=self.engine_path)
+        await self.listener.start()
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+        await self.pool.close()
+        assert self.server is not None
+        self.server.close()
+
+    async def client(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(self.listen)
+
+
+@contextlib.asynccontextmanager
+async def rig(handler: Handler, gate: FakeGate | None = None) -> AsyncIterator[Rig]:
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        r = Rig(Path(tmp), handler, gate or FakeGate())
+        await r.start()
+        try:
+            yield r
+        finally:
+            await r.stop()
+
+
+async def read_head(r: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+
+
+async def pong_forever(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    while True:
+        try:
+            await r.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return
+        w.write(PONG)
+        await w.drain()
+
+
+LOOPS = ["asyncio"]
+with contextlib.suppress(ImportError):
+    import uvloop  # noqa: F401 - the agent runs on it when installed
+
+    LOOPS.append("uvloop")
+
+
+@pytest.fixture(params=LOOPS, autouse=True)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    global _LOOP
+    _LOOP = request.param
+    return str(request.param)
+
+
+_LOOP = "asyncio"
+
+
+def run(coro: Awaitable[None]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro, 20)
+
+    if _LOOP == "uvloop":
+        import uvloop
+
+        uvloop.run(bounded())
+    else:
+        asyncio.run(bounded())
+
+
+def test_kept_alive_requests_and_the_engine_connection_goes_back_to_the_pool() -> None:
+    async def main() -> None:
+        async with rig(pong_forever) as rg:
+            r, w = await rg.client()
+            for _ in range(3):
+                w.write(PING)
+                assert (await read_head(r)).startswith(b"HTTP/1.1 200 ")
+                assert await r.readexactly(2) == b"OK"
+            w.close()
+            await asyncio.sleep(0.1)
+            assert not rg.listener._sessions
+            assert len(rg.pool._idle) >= 1 and rg.engine_conns <= 2
+
+    run(main())
+
+
+def test_slow_judge_keeps_pipelined_requests_in_order() -> None:
+    async def main() -> None:
+        gate = FakeGate(delay=0.02, refuse=("/b",))
+        async with rig(pong_forever, gate) as rg:
+            r, w = await rg.client()
+            w.write(
+                b"GET /a HTTP/1.1\r\nHost: d\r\n\r\nGET /b HTTP/1.1\r\nHost: d\r\n\r\n"
+                b"GET /c HTTP/1.1\r\nHost: d\r\n\r\n"
+            )
+            statuses = []
+            for _ in range(3):
+                head = await read_head(r)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await r.readexactly(length)
+                statuses.append(head.split(b" ")[1])
+            assert statuses == [b"200", b"403", b"200"]
+            assert gate.judged == ["/a", "/b", "/c"]
+            w.close()
+
+    run(main())
+
+
+def test_splice_passes_half_close_both_ways() -> None:
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nhello ")
+        data = await r.read()  # until the client's half-close reaches us
+        w.write(b"got " + data)
+        await w.drain()
+        w.write_eof()
+
+    async def main() -> None:
+        async with rig(engine) as rg:
+            r, w = await rg.client()
+            w.write(
+                b"POST /containers/x/attach?stream=1 HTTP/1.1\r\nHost: d\r\n"
+                b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\nstdin"
+            )
+            assert (await read_head(r)).startswith(b"HTTP/1.1 101 ")
+            w.write_eof()
+            assert await asyncio.wait_for(r.read(), 5) == b"hello got stdin"
+            await asyncio.sleep(0.05)
+            assert not rg.listener._sessions
+
+    run(main())
+
+
+def test_client_gone_mid_stream_drops_the_engine_connection() -> None:
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            while True:
+                w.write(b"5\r\nline\n\r\n")
+                await w.drain()
+                await asyncio.sleep(0.005)
+
+    async def main() -> None:
+        async with rig(engine) as rg:
+            r, w = await rg.client()
+            w.write(b"GET /containers/x/logs?follow=1 HTTP/1.1\r\nHost: d\r\n\r\n")
+            await read_head(r)
+            await r.read(100)
+            w.close()
+            await asyncio.wait_for(rg.engine_closed.wait(), 5)
+            assert not rg.listener._sessions
+
+    run(main())
+
+
+def test_a_client_that_does_not_read_slows_the_engine_down() -> None:
+    sent = 0
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-tar\r\n\r\n")
+        block = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            while sent < 64 * 1024 * 1024:
+                w.write(block)
+                await w.drain()
+                sent += len(block)
+
+    async def main() -> None:
+        async with rig(engine) as rg:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.connect(rg.listen)
+                s.sendall(b"GET /containers/x/export HTTP/1.1\r\nHost: d\r\n\r\n")
+                await asyncio.sleep(0.5)  # the client reads nothing
+                # What sits in the agent is bounded by its high-water mark, plus socket buffers.
+                assert sent < 8 * HIGH_WATER + 4 * 1024 * 1024, sent
+
+    run(main())
+
+
+def test_a_client_pipelining_while_a_judge_waits_is_paused_then_served() -> None:
+    async def main() -> None:
+        gate = FakeGate(delay=0.1)
+        async with rig(pong_forever, gate) as rg:
+            r, w = await rg.client()
+            n = (2 * HIGH_WATER) // len(PING) + 10
+            w.write(PING * n)
+            await asyncio.sleep(0.05)
+            (session,) = rg.listener._sessions
+            assert "backlog" in session.holds
+            gate.delay = 0
+            for _ in range(n):
+                await read_head(r)
+                await r.readexactly(2)
+            assert not session.holds
+            w.close()
+
+    run(main())
+
+
+def test_no_engine_closes_the_client() -> None:
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+            pool = EnginePool(str(Path(tmp) / "missing.sock"), warm=0)
+            listener = ProxyListener(str(Path(tmp) / "a.sock"), pool, FakeGate())
+            await listener.start()
+            try:
+                r, w = await asyncio.open_unix_connection(str(Path(tmp) / "a.sock"))
+                w.write(PING)
+                assert await asyncio.wait_for(r.read(), 5) == b""
+            finally:
+                await listener.stop()
+                await pool.close()
+
+    run(main())
