@@ -243,8 +243,9 @@ def _why_not(verdict: ImageVerdict) -> str:
         refs = ", ".join(verdict.stale)
         return (
             f"image is not in the allowed list: the local copy of {refs} no longer matches the "
-            f"registry's digest (remove it and pull it again: docker image rm {verdict.stale[0]}"
-            f" && docker pull {verdict.stale[0]})"
+            f"registry's digest, the tag has moved on since it was pulled (fix: eci-agent repull "
+            f"{verdict.stale[0]}, or docker image rm {verdict.stale[0]} && docker pull "
+            f"{verdict.stale[0]})"
         )
     if verdict.unknown:
         return (

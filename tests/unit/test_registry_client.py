@@ -1,0 +1,257 @@
+"""The registry client against a small fake registry (loopback HTTP, in a thread)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agent.registry.client import (
+    MANIFEST_TYPES,
+    Credentials,
+    RegistryAuthError,
+    RegistryClient,
+    RegistryError,
+    RegistryUnreachable,
+    parse_challenge,
+    token_lifetime,
+)
+
+DIGEST = "sha256:" + "a" * 64
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"}'
+SECRET = "pa55-" + "x" * 12
+
+
+@dataclass
+class Fake:
+    mode: str = "open"  # open | bearer | basic
+    users: dict[str, str] = field(default_factory=lambda: {"u": SECRET})
+    tokens: set[str] = field(default_factory=set)
+    token_requests: list[dict[str, Any]] = field(default_factory=list)
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    send_digest: bool = True
+    expires_in: int = 300
+    reject_next_token: bool = False
+    port: int = 0
+
+
+def _serve(fake: Fake) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _basic_user(self) -> str | None:
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Basic "):
+                return None
+            user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+            return user if fake.users.get(user) == pw else None
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/token"):
+                user = self._basic_user()
+                if self.headers.get("Authorization") and user is None:
+                    self._reply(401, {})
+                    return
+                token = f"tok{len(fake.token_requests)}"
+                fake.token_requests.append({"path": self.path, "user": user})
+                fake.tokens.add(token)
+                body = {"token": token, "expires_in": fake.expires_in}
+                self._reply(200, {"Content-Type": "application/json"}, json.dumps(body).encode())
+                return
+            self._manifest()
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._manifest()
+
+        def _manifest(self) -> None:
+            fake.seen.append((self.command, self.path, dict(self.headers)))
+            auth = self.headers.get("Authorization", "")
+            if fake.mode == "bearer":
+                token = auth[7:] if auth.startswith("Bearer ") else None
+                if fake.reject_next_token and token:
+                    fake.reject_next_token = False
+                    fake.tokens.discard(token)
+                if token not in fake.tokens:
+                    realm = f"http://127.0.0.1:{fake.port}/token"
+                    scope = "repository:" + self.path.split("/manifests/")[0][4:] + ":pull"
+                    challenge = f'Bearer realm="{realm}",service="fake",scope="{scope}"'
+                    self._reply(401, {"WWW-Authenticate": challenge})
+                    return
+            elif fake.mode == "basic" and self._basic_user() is None:
+                self._reply(401, {"WWW-Authenticate": 'Basic realm="fake"'})
+                return
+            if "/manifests/missing" in self.path:
+                self._reply(404, {})
+                return
+            headers = {"Content-Type": MANIFEST_TYPES[0]}
+            if fake.send_digest:
+                headers["Docker-Content-Digest"] = DIGEST
+            self._reply(200, headers, MANIFEST)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    f = Fake()
+    server = _serve(f)
+    yield f
+    server.shutdown()
+    server.server_close()
+
+
+def domain(fake: Fake) -> str:
+    return f"127.0.0.1:{fake.port}"
+
+
+def test_head_accepts_indexes_lists_and_manifests(fake: Fake) -> None:
+    assert RegistryClient().manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    method, path, headers = fake.seen[-1]
+    assert (method, path) == ("HEAD", "/v2/a/b/manifests/1")
+    assert [t.strip() for t in headers["Accept"].split(",")] == list(MANIFEST_TYPES)
+
+
+def test_missing_tag_is_none(fake: Fake) -> None:
+    assert RegistryClient().manifest_digest(domain(fake), "a/b", "missing") is None
+
+
+def test_no_digest_header_falls_back_to_hashing_the_manifest(fake: Fake) -> None:
+    fake.send_digest = False
+    got = RegistryClient().manifest_digest(domain(fake), "a/b", "1")
+    assert got == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    assert [m for m, _, _ in fake.seen] == ["HEAD", "GET"]
+
+
+def test_anonymous_bearer_token_is_kept_until_it_expires(fake: Fake) -> None:
+    fake.mode = "bearer"
+    now = [1000.0]
+    client = RegistryClient(clock=lambda: now[0])
+    assert client.manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    assert client.manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    assert len(fake.token_requests) == 1 and fake.token_requests[0]["user"] is None
+    assert "scope=repository%3Aa%2Fb%3Apull" in fake.token_requests[0]["path"]
+    # another repository is another scope: another token
+    client.manifest_digest(domain(fake), "c/d", "1")
+    assert len(fake.token_requests) == 2
+    now[0] += 300  # expired (with the safety margin): a new one
+    client.manifest_digest(domain(fake), "a/b", "1")
+    assert len(fake.token_requests) == 3
+
+
+def test_a_401_with_a_kept_token_fetches_a_new_one_once(fake: Fake) -> None:
+    fake.mode = "bearer"
+    client = RegistryClient()
+    client.manifest_digest(domain(fake), "a/b", "1")
+    fake.reject_next_token = True
+    assert client.manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    assert len(fake.token_requests) == 2
+
+
+def test_bearer_token_with_credentials(fake: Fake) -> None:
+    fake.mode = "bearer"
+    client = RegistryClient({domain(fake): Credentials("u", SECRET)})
+    assert client.manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    assert fake.token_requests[0]["user"] == "u"
+
+
+def test_token_service_refusing_credentials(fake: Fake) -> None:
+    fake.mode = "bearer"
+    client = RegistryClient({domain(fake): Credentials("u", "wrong")})
+    with pytest.raises(RegistryAuthError, match="refused our credentials"):
+        client.manifest_digest(domain(fake), "a/b", "1")
+
+
+def test_basic_auth(fake: Fake) -> None:
+    fake.mode = "basic"
+    with pytest.raises(RegistryAuthError, match="anonymously"):
+        RegistryClient().manifest_digest(domain(fake), "a/b", "1")
+    client = RegistryClient(lambda d: Credentials("u", SECRET) if d == domain(fake) else None)
+    assert client.manifest_digest(domain(fake), "a/b", "1") == DIGEST
+    with pytest.raises(RegistryAuthError, match="with our credentials"):
+        RegistryClient({domain(fake): Credentials("u", "nope")}).manifest_digest(
+            domain(fake), "a/b", "1"
+        )
+
+
+def test_check_login(fake: Fake) -> None:
+    fake.mode = "basic"
+    RegistryClient({domain(fake): Credentials("u", SECRET)}).check_login(domain(fake))
+    with pytest.raises(RegistryAuthError):
+        RegistryClient({domain(fake): Credentials("u", "bad")}).check_login(domain(fake))
+
+
+def test_unreachable_registry() -> None:
+    with pytest.raises(RegistryUnreachable, match="could not be reached"):
+        RegistryClient(timeout=2).manifest_digest("127.0.0.1:9", "a/b", "1")
+
+
+def test_https_except_loopback_and_listed_insecure_hosts() -> None:
+    client = RegistryClient(insecure=frozenset({"Registry.Lan:5000"}))
+    assert client._scheme("127.0.0.1:5000") == "http"
+    assert client._scheme("localhost:5000") == "http"
+    assert client._scheme("[::1]:5000") == "http"
+    assert client._scheme("registry.lan:5000") == "http"
+    assert client._scheme("registry.lan") == "https"
+    assert client._scheme("docker.io") == "https"
+    assert client._scheme("10.0.0.1:5000") == "https"
+
+
+def test_credentials_never_go_to_a_cleartext_token_realm() -> None:
+    client = RegistryClient({"registry.example": Credentials("u", SECRET)})
+    params = {"realm": "http://auth.example/token", "service": "x"}
+    with pytest.raises(RegistryAuthError, match="not HTTPS"):
+        client._token("registry.example", params, fresh=False)
+
+
+def test_challenges_and_lifetimes() -> None:
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",'
+        'scope="repository:library/docker:pull"'
+    )
+    assert scheme == "bearer"
+    assert params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:library/docker:pull",
+    }
+    assert token_lifetime({}) == 60.0
+    assert token_lifetime({"expires_in": 10}) == 60.0
+    assert token_lifetime({"expires_in": 3600}) == 3600.0
+    assert token_lifetime({"expires_in": True}) == 60.0
+
+
+def test_secrets_stay_out_of_reprs_errors_and_logs(
+    fake: Fake, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cred = Credentials("u", "wrong-" + SECRET)
+    assert SECRET not in repr(cred) and SECRET not in str(cred)
+    fake.mode = "basic"
+    client = RegistryClient({domain(fake): cred})
+    assert SECRET not in repr(client)
+    with pytest.raises(RegistryError) as info:
+        client.manifest_digest(domain(fake), "a/b", "1")
+    logging.getLogger("eci_agent.registry").warning("lookup failed: %s (%r)", info.value, cred)
+    assert SECRET not in str(info.value)
+    assert SECRET not in caplog.text
