@@ -1,0 +1,293 @@
+"""The agent's services around the proxy: the event store, the control API, engine health.
+
+`AgentServices` is the real `ControlProvider`: it answers from the settings in force
+(`SettingsState`), the event store and the engine itself, and records what happens as events.
+`eci-agent run` creates it before the settings watcher starts (so the first load is recorded),
+calls `settings_changed` from its settings hook, and starts the control socket once the proxy
+listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.control.api import AccessPolicy, ActionRefused, Caller, ControlApp, NotAvailable
+from agent.control.server import ControlServer
+from agent.events.model import Kind, format_time
+from agent.events.store import EventStore, Retention
+from agent.proxy.engine_client import EngineClient, EngineError
+from agent.settings.model import SettingsLocked
+from agent.settings.state import Change, ChangeKind, SettingsState
+
+log = logging.getLogger("eci_agent.services")
+
+EVENTS_FILE = "events.db"
+CONTROL_SOCKET = "control.sock"
+ENGINE_TIMEOUT = 3.0
+ENGINE_PROBE_INTERVAL = 30.0
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("eci-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _when(seconds: float | None) -> str | None:
+    return format_time(seconds) if seconds is not None else None
+
+
+@dataclass
+class ServicesConfig:
+    state_dir: Path
+    control_path: str
+    engine_socket: str
+    settings_path: Path
+    #: The agent's sockets by name (host, container), for status.
+    listeners: Mapping[str, str] = field(default_factory=dict)
+    control_group: int | None = None
+    retention: Retention = field(default_factory=Retention)
+    engine_probe_interval: float = ENGINE_PROBE_INTERVAL
+
+    @property
+    def control_mode(self) -> int:
+        return 0o660 if self.control_group is not None else 0o600
+
+
+class AgentServices:
+    """See the module doc. Implements `agent.control.api.ControlProvider`."""
+
+    def __init__(
+        self, config: ServicesConfig, state: SettingsState, store: EventStore | None = None
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.store = (
+            store
+            if store is not None
+            else EventStore(config.state_dir / EVENTS_FILE, retention=config.retention)
+        )
+        self.engine = EngineClient(config.engine_socket, keep=1, timeout=ENGINE_TIMEOUT)
+        self.started_at = time.time()
+        self.app = ControlApp(
+            self, AccessPolicy(owner_uid=os.geteuid(), group=config.control_group)
+        )
+        self.server: ControlServer | None = None
+        self._engine_ok: bool | None = None
+        self._engine_error: str | None = None
+        self._probe: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Serve the control API (on `sock` when given, e.g. from socket activation)."""
+        self.server = ControlServer(
+            self.config.control_path,
+            self.app,
+            mode=self.config.control_mode,
+            group=self.config.control_group,
+            sock=sock,
+        )
+        await self.server.start()
+        self.store.record(
+            Kind.AGENT_STARTED, f"eci-agent {agent_version()} started", pid=os.getpid()
+        )
+        self._probe = asyncio.create_task(self._probe_engine())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self.server is not None:
+            await self.server.stop()
+        await self.engine.close()
+        self.store.record(Kind.AGENT_STOPPED, "eci-agent stopped", pid=os.getpid())
+        await asyncio.to_thread(self.store.close)
+
+    # -- what the rest of the agent reports ---------------------------------------------------
+
+    @property
+    def events(self) -> EventStore:
+        return self.store
+
+    def settings_changed(self, change: Change) -> None:
+        """The settings hook: a reload that changed something, or a refused file."""
+        if change.kind is ChangeKind.UNCHANGED:
+            return
+        effective = change.effective
+        settings = effective.settings
+        extra: dict[str, Any] = {
+            "source": settings.source,
+            "eciEnabled": effective.eci_enabled,
+            "locked": settings.eci.locked,
+        }
+        if change.error is None:
+            self.store.record(
+                Kind.POLICY_RELOADED,
+                change.message,
+                settings_sha256=settings.sha256,
+                extra=extra,
+            )
+        else:
+            self.store.record(
+                Kind.SETTINGS_REJECTED,
+                change.message,
+                settings_sha256=settings.sha256,  # the policy kept in force
+                extra={**extra, "error": change.error, "file": str(self.config.settings_path)},
+            )
+
+    # -- ControlProvider ------------------------------------------------------------------------
+
+    def lock_reason(self) -> str | None:
+        settings = self.state.current.settings
+        if not settings.eci.locked:
+            return None
+        return str(SettingsLocked(settings.source))
+
+    async def set_eci(self, enabled: bool | None, caller: Caller) -> dict[str, Any]:
+        try:
+            change = self.state.set_user_choice(enabled)
+        except SettingsLocked as err:
+            raise ActionRefused(str(err)) from err
+        effective = change.effective
+        if change.kind is not ChangeKind.UNCHANGED:
+            self.store.record(
+                Kind.ECI_SWITCHED,
+                change.message,
+                uid=caller.uid,
+                pid=caller.pid,
+                gid=caller.gid,
+                listener=caller.listener,
+                settings_sha256=effective.settings.sha256,
+                extra={"userChoice": enabled, "eciEnabled": effective.eci_enabled},
+            )
+        return {
+            "message": change.message,
+            "enforcing": effective.eci_enabled,
+            "userChoice": effective.user_choice,
+        }
+
+    async def repull(self, image: str, caller: Caller) -> dict[str, Any]:
+        raise NotAvailable("re-pulling images is not available in this version of eci-agent")
+
+    def features(self) -> dict[str, Any]:
+        locked = self.state.current.settings.eci.locked
+        return {
+            "features": [
+                _feature("socket-mount-image-list", "enforced"),
+                _feature(
+                    "socket-mount-command-list",
+                    "validated",
+                    "validated but not enforced yet",
+                ),
+                _feature(
+                    "user-eci-switch",
+                    "locked" if locked else "available",
+                    "POST /v1/eci; only while enhancedContainerIsolation.locked is false",
+                ),
+                _feature("event-store", "enabled", str(self.store.path)),
+                _feature("control-api", "enabled", self.config.control_path),
+                _feature("repull", "unavailable", "not implemented yet"),
+                _feature("audit-mode", "unavailable", "not implemented yet"),
+                _feature("socket-activation", "unavailable", "not implemented yet"),
+            ]
+        }
+
+    async def status(self) -> dict[str, Any]:
+        effective = self.state.current
+        settings = effective.settings
+        engine = await self._engine_status()
+        error = self.state.error
+        return {
+            "agent": {
+                "version": agent_version(),
+                "pid": os.getpid(),
+                "startedAt": _when(self.started_at),
+            },
+            "enforcing": effective.eci_enabled,
+            "locked": settings.eci.locked,
+            "settingsError": error,
+            "eci": {
+                "enabled": effective.eci_enabled,
+                "value": settings.eci.value,
+                "locked": settings.eci.locked,
+                "userChoice": effective.user_choice,
+            },
+            "settings": {
+                "path": str(self.config.settings_path),
+                "source": settings.source,
+                "sha256": settings.sha256,
+                "builtinDefault": settings.is_builtin_default,
+                "lastReload": _when(self.state.last_reload),
+                "lastGood": _when(self.state.last_good_at),
+                "error": error,
+            },
+            "engine": engine,
+            "listeners": {**self.config.listeners, "control": self.config.control_path},
+            "events": {
+                "path": str(self.store.path),
+                "lastId": self.store.last_id,
+                "pending": self.store.pending,
+                "dropped": self.store.dropped,
+                "retention": {
+                    "maxAgeDays": self.store.retention.max_age_days,
+                    "maxRows": self.store.retention.max_rows,
+                },
+            },
+        }
+
+    # -- the engine -----------------------------------------------------------------------------
+
+    async def _engine_status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"socket": self.config.engine_socket}
+        try:
+            version = await self.engine.version()
+        except (EngineError, TypeError, ValueError) as err:
+            message = err.message if isinstance(err, EngineError) else f"bad answer: {err}"
+            self._engine_seen(False, message)
+            return {**doc, "reachable": False, "error": message}
+        self._engine_seen(True, None)
+        return {
+            **doc,
+            "reachable": True,
+            "version": version.get("Version"),
+            "apiVersion": version.get("ApiVersion"),
+            "minApiVersion": version.get("MinAPIVersion"),
+            "os": version.get("Os"),
+            "arch": version.get("Arch"),
+        }
+
+    def _engine_seen(self, ok: bool, error: str | None) -> None:
+        before, self._engine_ok, self._engine_error = self._engine_ok, ok, error
+        if ok and before is False:
+            self.store.record(Kind.ENGINE_REACHABLE, "the engine answers again")
+        elif not ok and before is not False:
+            self.store.record(
+                Kind.ENGINE_UNREACHABLE,
+                f"the engine at {self.config.engine_socket} does not answer: {error}",
+                extra={"socket": self.config.engine_socket},
+            )
+
+    async def _probe_engine(self) -> None:
+        while True:
+            await self._engine_status()
+            await asyncio.sleep(self.config.engine_probe_interval)
+
+
+def _feature(name: str, state: str, detail: str = "") -> dict[str, str]:
+    doc = {"name": name, "state": state}
+    if detail:
+        doc["detail"] = detail
+    return doc
