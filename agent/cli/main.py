@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import paths
+from agent.cli import control_cmds, registry_cmds
 from agent.settings.loader import Missing, Refused, load_settings
 from agent.settings.model import AdminSettings
 
@@ -25,12 +26,6 @@ log = logging.getLogger("eci_agent")
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
-
-#: Said wherever a command list is shown, until the proxy enforces it.
-COMMAND_LIST_NOT_ENFORCED = (
-    "the command list is validated but not enforced yet: this version of eci-agent enforces "
-    "the image list (socket mount permissions) only"
-)
 
 
 def engine_path(value: str) -> str:
@@ -69,6 +64,20 @@ def settings_summary(settings: AdminSettings) -> dict[str, Any]:
                     "commands": [c.text for c in socket.command_list.commands],
                 },
             },
+        },
+        "eciAgent": {
+            "commandLists": [
+                {
+                    "images": [p.normalized() for p in entry.images],
+                    "type": entry.command_list.type.value,
+                    "commands": [c.text for c in entry.command_list.commands],
+                }
+                for entry in settings.extensions.image_command_lists
+            ],
+            "isolationExceptions": [
+                {"images": [p.normalized() for p in entry.images], "allow": sorted(entry.allow)}
+                for entry in settings.extensions.isolation_exceptions
+            ],
         },
         "ignoredKeys": list(settings.ignored_keys),
         "notes": [
@@ -125,8 +134,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  derived images allowed: {'yes' if images['allowDerivedImages'] else 'no'}")
     listed = ", ".join(commands["commands"]) or "(none)"
     print(f"  command list ({commands['type']}): {listed}")
-    if commands["commands"] or commands["type"] == "allow":
-        print(f"  notice: {COMMAND_LIST_NOT_ENFORCED}")
+    print(
+        "  (the command list applies to requests from containers, on the socket they are given;"
+        " `GET /_ping` is always allowed)"
+    )
+    for entry in summary["eciAgent"]["commandLists"]:
+        listed = ", ".join(entry["commands"]) or "(none)"
+        print(
+            f"  command list for {', '.join(entry['images'])} ({entry['type']}, eciAgent "
+            f"extension): {listed}"
+        )
     if settings.ignored_keys:
         print(
             "  ignored (Docker Desktop settings eci-agent does not enforce): "
@@ -176,15 +193,25 @@ async def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("eci-agent run: --listen and --engine must be different sockets")
 
     state = SettingsState()
+    services = control_cmds.open_services(
+        args,
+        state,
+        state_dir=state_dir,
+        runtime_dir=runtime_dir,
+        settings_path=settings_path,
+        listeners={"host": listen, "container": container_socket},
+    )
+    digests = registry_cmds.build_digest_service(
+        args, state_dir, lambda: state.current, args.engine
+    )
+    services.attach_digests(digests)
     loop = asyncio.get_running_loop()
 
     def on_result(result: Any) -> None:
         change = state.apply(result, time.time())
+        services.settings_changed(change)
         level = logging.INFO if change.error is None else logging.ERROR
         log.log(level, "settings: %s", change.message)
-        command_list = change.effective.settings.eci.socket_mount.command_list
-        if command_list.commands:
-            log.warning("settings: %s", COMMAND_LIST_NOT_ENFORCED)
 
     def on_result_threadsafe(result: Any) -> None:
         # The watcher calls from its thread; apply there (SettingsState is thread-safe).
@@ -199,10 +226,12 @@ async def _serve(args: argparse.Namespace) -> int:
     gate = Gate(
         GateConfig(
             engine_socket=args.engine,
-            listen_sockets=(listen,),
+            listen_sockets=(listen, services.config.control_path),
             container_socket=container_socket,
             settings_where=settings_where,
             current=lambda: state.current,
+            registry=digests,
+            events=services.store,
         )
     )
     pool = EnginePool(args.engine)
@@ -218,8 +247,10 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await digests.start()
     await host.start()
     await container.start()
+    await services.start()
     log.info(
         "eci-agent enforcing in front of %s: listening on %s (containers get %s); settings %s",
         args.engine,
@@ -234,7 +265,9 @@ async def _serve(args: argparse.Namespace) -> int:
         await host.stop()
         await container.stop()
         await pool.close()
+        await digests.stop()
         watcher.stop()
+        await services.stop()
     return EXIT_OK
 
 
@@ -294,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen-group", help="group owning the listen socket (e.g. docker)")
     run.add_argument("--state-dir")
     run.add_argument("--runtime-dir")
-    run.add_argument("--control", help="control API socket (reserved; not served yet)")
+    control_cmds.add_run_arguments(run)
     run.add_argument(
         "--strict-modes",
         action=argparse.BooleanOptionalAction,
@@ -302,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse a settings file non-root users could change (default: when root)",
     )
     run.add_argument("-v", "--verbose", action="store_true")
+    registry_cmds.add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+    registry_cmds.add_parsers(sub)
+    control_cmds.add_parsers(sub)
     return parser
 
 

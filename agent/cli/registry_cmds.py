@@ -207,78 +207,29 @@ def _default_engine() -> str:
     return "/var/run/docker.sock"
 
 
-def _print_progress(event: dict[str, Any], last: dict[str, str]) -> None:
-    status = str(event.get("status") or "")
-    layer = str(event.get("id") or "")
-    progress = str(event.get("progress") or "")
-    if progress and last.get(layer) == status:
-        return  # one line per layer and status, not one per progress tick
-    last[layer] = status
-    line = f"{layer}: {status}" if layer else status
-    print(line + (f" {progress}" if progress else ""), flush=True)
-
-
 def cmd_repull(args: argparse.Namespace) -> int:
-    import docker
-    import docker.errors
-
     from agent.cli.main import engine_path
-    from agent.policy.imageref import InvalidReference, parse_image_ref
+    from agent.registry.puller import RepullError, pull_fresh, repull_reference
 
     try:
-        ref = parse_image_ref(args.image)
-    except InvalidReference as err:
+        domain, _name, _tag = repull_reference(args.image)
+    except RepullError as err:
         print(f"eci-agent repull: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if ref.digest is not None or ref.tag is None:
-        print("eci-agent repull: give a name:tag (a digest never moves)", file=sys.stderr)
-        return EXIT_USAGE
-    text = f"{ref.name}:{ref.tag}"
     engine = engine_path(args.engine or _default_engine())
     try:
         store = credential_store(args, _state_dir(args))
-        cred = store.get(ref.domain)
+        cred = store.get(domain)
     except (CredentialsError, KeyringError) as err:
         print(f"eci-agent repull: credentials: {err}", file=sys.stderr)
         return EXIT_FAILED
-    api = docker.APIClient(base_url="unix://" + engine, version="1.41", timeout=600)
     try:
-        try:
-            old_id: str | None = api.inspect_image(text)["Id"]
-        except docker.errors.ImageNotFound:
-            old_id = None
-        auth = {"username": cred.username, "password": cred.password} if cred else None
-        print(f"Pulling {text} through the engine at {engine}", flush=True)
-        last: dict[str, str] = {}
-        for event in api.pull(ref.name, tag=ref.tag, stream=True, decode=True, auth_config=auth):
-            if event.get("error"):
-                print(f"eci-agent repull: {event['error']}", file=sys.stderr)
-                return EXIT_FAILED
-            _print_progress(event, last)
-        new_id = api.inspect_image(text)["Id"]
-        if old_id is None or old_id == new_id:
-            print(f"{text} is {new_id} (nothing stale to remove)")
-            return EXIT_OK
-        users = [c for c in api.containers(all=True) if c.get("ImageID") == old_id]
-        if users:
-            names = ", ".join((c.get("Names") or [c["Id"][:12]])[0].lstrip("/") for c in users)
-            print(f"{text} is now {new_id}; kept the stale image {old_id}: used by {names}")
-            return EXIT_OK
-        try:
-            api.remove_image(old_id)
-        except docker.errors.APIError as err:
-            print(f"{text} is now {new_id}; kept the stale image {old_id}: {err.explanation}")
-            return EXIT_OK
-        print(f"{text} is now {new_id}; removed the stale image {old_id}")
-        return EXIT_OK
-    except docker.errors.APIError as err:
-        print(f"eci-agent repull: the engine answered: {err.explanation or err}", file=sys.stderr)
-        return EXIT_FAILED
-    except docker.errors.DockerException as err:
+        outcome = pull_fresh(engine, args.image, cred, lambda line: print(line, flush=True))
+    except RepullError as err:
         print(f"eci-agent repull: {err}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        api.close()
+    print(outcome.summary())
+    return EXIT_OK
 
 
 def add_parsers(sub: Any) -> None:

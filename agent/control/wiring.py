@@ -26,6 +26,9 @@ from agent.control.server import ControlServer
 from agent.events.model import Kind, format_time
 from agent.events.store import EventStore, Retention
 from agent.proxy.engine_client import EngineClient, EngineError
+from agent.registry.digests import DigestService
+from agent.registry.puller import RepullError, pull_fresh, repull_reference
+from agent.registry.repull import RepullItem
 from agent.settings.model import SettingsLocked
 from agent.settings.state import Change, ChangeKind, SettingsState
 
@@ -87,6 +90,7 @@ class AgentServices:
         self._engine_ok: bool | None = None
         self._engine_error: str | None = None
         self._probe: asyncio.Task[None] | None = None
+        self.digests: DigestService | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -179,8 +183,61 @@ class AgentServices:
             "userChoice": effective.user_choice,
         }
 
+    def attach_digests(self, digests: DigestService) -> None:
+        """The registry digest service: its cache and stale copies go into status and events."""
+        self.digests = digests
+
+        def stale(item: RepullItem) -> None:
+            self.store.record(
+                Kind.NEEDS_REPULL,
+                f"the local copy of {item.reference} no longer matches its registry; "
+                f"fix: {item.fix}",
+                image=item.reference,
+                digest=item.registry_digest,
+                extra=item.as_event(),
+            )
+
+        digests.on_stale = stale
+
     async def repull(self, image: str, caller: Caller) -> dict[str, Any]:
-        raise NotAvailable("re-pulling images is not available in this version of eci-agent")
+        reason = self.lock_reason()
+        if reason is not None:
+            raise ActionRefused(reason)
+        if self.digests is None:
+            raise NotAvailable("this agent has no registry digest service")
+        try:
+            domain, _name, _tag = repull_reference(image)
+        except RepullError as err:
+            raise ActionRefused(str(err)) from err
+        credentials = self.digests.client.credentials_for(domain)
+        try:
+            outcome = await asyncio.to_thread(
+                pull_fresh, self.config.engine_socket, image, credentials
+            )
+        except RepullError as err:
+            raise ActionRefused(f"re-pull of {image} failed: {err}") from err
+        self.store.record(
+            Kind.REPULL_DONE,
+            outcome.summary(),
+            image=outcome.reference,
+            uid=caller.uid,
+            pid=caller.pid,
+            gid=caller.gid,
+            listener=caller.listener,
+            extra={
+                "oldId": outcome.old_id,
+                "newId": outcome.new_id,
+                "removedOld": outcome.removed_old,
+            },
+        )
+        await self.digests.check_local_images()
+        return {
+            "message": outcome.summary(),
+            "image": outcome.reference,
+            "oldId": outcome.old_id,
+            "newId": outcome.new_id,
+            "removedOld": outcome.removed_old,
+        }
 
     def features(self) -> dict[str, Any]:
         locked = self.state.current.settings.eci.locked
@@ -189,8 +246,8 @@ class AgentServices:
                 _feature("socket-mount-image-list", "enforced"),
                 _feature(
                     "socket-mount-command-list",
-                    "validated",
-                    "validated but not enforced yet",
+                    "enforced",
+                    "on requests from containers; per-image lists under eciAgent.commandLists",
                 ),
                 _feature(
                     "user-eci-switch",
@@ -199,7 +256,12 @@ class AgentServices:
                 ),
                 _feature("event-store", "enabled", str(self.store.path)),
                 _feature("control-api", "enabled", self.config.control_path),
-                _feature("repull", "unavailable", "not implemented yet"),
+                _feature(
+                    "repull",
+                    "available" if self.digests is not None and not locked else "locked",
+                    "POST /v1/repull; only while enhancedContainerIsolation.locked is false "
+                    "(root can always run `eci-agent repull`)",
+                ),
                 _feature("audit-mode", "unavailable", "not implemented yet"),
                 _feature("socket-activation", "unavailable", "not implemented yet"),
             ]
@@ -236,6 +298,12 @@ class AgentServices:
             },
             "engine": engine,
             "listeners": {**self.config.listeners, "control": self.config.control_path},
+            "registry": self.digests.status() if self.digests is not None else None,
+            "needsRepull": (
+                [i.as_event() for i in self.digests.needs_repull()]
+                if self.digests is not None
+                else []
+            ),
             "events": {
                 "path": str(self.store.path),
                 "lastId": self.store.last_id,

@@ -121,6 +121,14 @@ class EngineClient:
     async def images(self) -> list[dict[str, Any]]:
         return list(await self.get_json("/images/json"))
 
+    async def version(self) -> dict[str, Any]:
+        """`GET /version`, unversioned: answered whatever API versions the engine accepts."""
+        try:
+            status, body = await asyncio.wait_for(self._roundtrip("GET", "/version"), self.timeout)
+        except (TimeoutError, OSError, h11.ProtocolError) as err:
+            raise EngineError(0, f"cannot ask the engine GET /version: {err!r}") from err
+        return dict(_answer(status, body, "/version"))
+
     async def remove_container(self, name: str, *, force: bool = True, v: bool = False) -> None:
         await self.delete(f"/containers/{_quote(name)}", force=int(force), v=int(v))
 

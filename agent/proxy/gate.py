@@ -20,7 +20,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.events.store import EventStore
 from agent.policy import gojson
+from agent.policy.command_map import (
+    ALWAYS_ALLOWED_KEYS,
+    UnclassifiedRoute,
+    command_blocked_message,
+    command_list_for,
+    commands_for,
+    compose_labelled,
+    judge_request,
+)
 from agent.policy.decide import (
     ALLOW,
     PREFIX,
@@ -30,6 +40,7 @@ from agent.policy.decide import (
     MissingFact,
     VolumeFact,
     bad_request,
+    decide_container_peer,
     decide_plugin,
     decide_socket_mount,
     decide_start,
@@ -46,6 +57,28 @@ from agent.policy.images import (
     RegistryQuery,
     judge_image,
     registry_queries,
+)
+from agent.policy.isolation import (
+    JOINABLE,
+    EngineIsolation,
+    IsolationFacts,
+    NamespaceFact,
+    SensitivePath,
+    Violation,
+    build_violations,
+    decide_isolation,
+    decide_preexisting_start,
+    decide_violations,
+    engine_isolation,
+    exec_violations,
+    inspect_violations,
+    matching_exceptions,
+    namespace_targets,
+    plugin_config_violations,
+    plugin_privilege_violations,
+    runtime_rewrite,
+    service_violations,
+    update_violations,
 )
 from agent.policy.mounts import (
     FromContainer,
@@ -66,12 +99,13 @@ from agent.policy.mounts import (
     socket_aliases,
     volume_create_mount,
 )
-from agent.policy.routes import BadTarget, Target, canonical_target, match_route
+from agent.policy.routes import BadTarget, Route, Target, canonical_target, match_route
 from agent.proxy.connection import Request, RequestHead, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
+from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
-from agent.registry.client import RegistryClient, RegistryError
-from agent.settings.model import Effective
+from agent.registry.digests import DigestService
+from agent.settings.model import Effective, ImageList
 
 log = logging.getLogger("eci_agent.gate")
 events_log = logging.getLogger("eci_agent.events")
@@ -82,8 +116,13 @@ BODY_ROUTES = frozenset(
         "POST /containers/create",
         "POST /containers/{id}/start",
         "POST /volumes/create",
+        "POST /networks/create",
         "POST /services/create",
         "POST /services/{id}/update",
+        "POST /containers/{id}/exec",
+        "POST /containers/{id}/update",
+        "POST /plugins/pull",
+        "POST /plugins/{name}/upgrade",
     }
 )
 
@@ -94,6 +133,48 @@ PLUGIN_ENABLE = "POST /plugins/{name}/enable"
 WELL_KNOWN_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 MOUNTINFO = "/proc/self/mountinfo"
 REGISTRY_TTL = 60.0
+#: How long what `GET /info` and the host networks say is reused.
+ENGINE_INFO_TTL = 10.0
+#: Host folders no container may bind (with the engine's data root and the socket folders);
+#: True: paths below it are refused too.
+SENSITIVE_FOLDERS = (
+    ("/", "host root folder", False),
+    ("/etc", "host configuration folder", True),
+    ("/proc", "host procfs", True),
+    ("/sys", "host sysfs", True),
+    ("/dev", "host device folder", True),
+    ("/boot", "host boot folder", True),
+    ("/root", "host root user's home", True),
+    ("/run/containerd", "containerd folder", True),
+    ("/var/run/containerd", "containerd folder", True),
+)
+#: How long what the engine said about a client's container is reused (name and image).
+CLIENT_TTL = 5.0
+#: Creates whose labels tell a Compose project (the `compose` command of the command list).
+LABELLED_CREATES = frozenset(
+    {"POST /containers/create", "POST /volumes/create", "POST /networks/create"}
+)
+#: Go's ParseForm reads these bodies as form fields that override the query: never forward one.
+FORM_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContainer:
+    """The container a client process runs in, as the engine describes it."""
+
+    id: str | None  # None: the process is in no container the agent could name
+    name: str = ""
+    image: str = ""  # Config.Image, as the container was created with
+    image_id: str | None = None
+    problem: str | None = None  # why the agent could not tell more
+
+    def details(self) -> dict[str, str]:
+        out = {"container": self.id or "unknown", "image": self.image}
+        if self.name:
+            out["container_name"] = self.name
+        if self.problem:
+            out["identity_problem"] = self.problem
+        return out
 
 
 @dataclass
@@ -103,7 +184,16 @@ class GateConfig:
     container_socket: str
     settings_where: Callable[[], str]
     current: Callable[[], Effective]
-    registry: RegistryClient = field(default_factory=RegistryClient)
+    registry: DigestService = field(default_factory=DigestService.memory_only)
+    events: EventStore | None = None  # where denials are stored (the log line is kept too)
+
+
+def _form_encoded(head: RequestHead) -> bool:
+    for value in head.header_values(b"content-type"):
+        media = value.split(b";", 1)[0].strip().lower()
+        if media == b"application/x-www-form-urlencoded":
+            return True
+    return False
 
 
 def _is_json_content_type(value: bytes | None) -> bool:
@@ -119,8 +209,10 @@ class Gate:
     def __init__(self, config: GateConfig) -> None:
         self.config = config
         self.engine = EngineClient(config.engine_socket)
-        self._registry_cache: dict[RegistryQuery, tuple[float, RegistryAnswer]] = {}
         self._image_cache: dict[str, LocalImage] = {}
+        self._clients: dict[str, tuple[float, ClientContainer]] = {}
+        self._engine_info: tuple[float, EngineIsolation] | None = None
+        self._networks: tuple[float, tuple[tuple[str, str], ...]] | None = None
 
     # -- the driver's questions ----------------------------------------------------------------
 
@@ -139,7 +231,7 @@ class Gate:
         if not effective.eci_enabled:
             return ALLOW, None
         try:
-            decision, body = await self._judge(request)
+            decision, body = await self._judge(request, peer)
         except MissingFact as err:
             decision, body = deny(503, f"cannot evaluate the policy: {err}", "fail-closed"), None
         except EngineError as err:
@@ -186,7 +278,7 @@ class Gate:
 
     # -- judging --------------------------------------------------------------------------------
 
-    async def _judge(self, request: Request) -> tuple[Decision, bytes | None]:
+    async def _judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
         head = request.head
         try:
             target = canonical_target(head.target)
@@ -204,6 +296,18 @@ class Gate:
                 None,
             )
         key = match.route.key
+        if head.method in FORM_BODY_METHODS and _form_encoded(head):
+            return (
+                bad_request(
+                    "a request body sent as application/x-www-form-urlencoded is refused: the "
+                    "engine would read it as query parameters the policy did not see"
+                ),
+                None,
+            )
+        if peer.listener == "container" or peer.identity != HOST:
+            refused = await self._judge_container_client(request, peer, target, match.route)
+            if refused is not None:
+                return refused, None
         try:
             if key in START_ROUTES:
                 if (request.body or b"").strip():
@@ -225,6 +329,8 @@ class Gate:
                 return _pin(decision, target, head.target, f"/plugins/{pinned}/enable"), None
         except UnreadableMount as err:
             return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
+        if key == "POST /build":
+            return self._judge_build(target), None
         if key not in BODY_ROUTES:
             return ALLOW, None
         body = request.body or b""
@@ -253,16 +359,187 @@ class Gate:
             if not isinstance(doc, GoObject):
                 return bad_request("service body must be a JSON object"), None
             return await self._judge_service(doc), None
+        if key == "POST /containers/{id}/exec":
+            if not isinstance(doc, GoObject):
+                return bad_request("exec create body must be a JSON object"), None
+            return await self._judge_container_change(match.params["id"], exec_violations(doc))
+        if key == "POST /containers/{id}/update":
+            if not isinstance(doc, GoObject):
+                return bad_request("container update body must be a JSON object"), None
+            return await self._judge_container_change(match.params["id"], update_violations(doc))
+        if key in ("POST /plugins/pull", "POST /plugins/{name}/upgrade"):
+            return self._judge_plugin_privileges(doc, target), None
         return ALLOW, None  # pragma: no cover - every BODY_ROUTES key is handled above
+
+    async def _judge_container_client(
+        self, request: Request, peer: Peer, target: Target, route: Route
+    ) -> Decision | None:
+        """A process inside a container: the command list, and on the host socket the image.
+
+        Returns the refusal, or None to go on with the checks every client gets.
+        """
+        client = await self._client(peer)
+        effective = self.config.current()
+        if peer.listener != "container":
+            # The agent never gives a container its host-facing socket: it got there some
+            # other way, and is served only as far as a socket mount would have been allowed.
+            decision = await self._judge_peer_image(client)
+            if not decision.allowed:
+                return _attributed(decision, client)
+        if route.key in ALWAYS_ALLOWED_KEYS:
+            return None
+        query: dict[str, str] = {}
+        for name, value in reversed(target.query):
+            query[name] = value  # the first value wins, as in Go's Form.Get
+        extra = (
+            frozenset({"compose"})
+            if route.key in LABELLED_CREATES and _compose_labelled(request)
+            else frozenset()
+        )
+        command_list = command_list_for(effective.settings, client.image or None)
+        try:
+            commands = commands_for(route.method, route.template, query) | extra
+            verdict = judge_request(command_list, route.method, route.template, query, extra=extra)
+        except UnclassifiedRoute:
+            return _attributed(
+                deny(
+                    403,
+                    command_blocked_message(request.head.target, self.config.settings_where())
+                    + f" ({route.key} belongs to no docker command eci-agent knows)",
+                    "command-unclassified",
+                ),
+                client,
+            )
+        if verdict.allowed:
+            return None
+        decision = deny(
+            403,
+            command_blocked_message(request.head.target, self.config.settings_where()),
+            "command-blocked",
+            commands=",".join(sorted(commands)),
+            matched=",".join(verdict.matched),
+            list_type=command_list.type.value,
+        )
+        return _attributed(decision, client)
+
+    async def _judge_peer_image(self, client: ClientContainer) -> Decision:
+        if client.id is None:
+            return deny(
+                403,
+                "eci-agent cannot tell which process sent this request "
+                f"({client.problem}); refused rather than served unchecked",
+                "unknown-peer",
+            )
+        image = await self._local_image(client.image_id) if client.image_id else None
+        verdict = await self._image_verdict(image) if image is not None else None
+        return decide_container_peer(
+            client.id,
+            _display_name(client.image or (client.image_id or "")),
+            verdict,
+            settings_where=self.config.settings_where(),
+        )
+
+    async def _client(self, peer: Peer) -> ClientContainer:
+        identity = peer.identity
+        if identity.container is None:
+            return ClientContainer(
+                None,
+                problem=identity.problem
+                or f"process {peer.pid} (uid {peer.uid}) is not in a container",
+            )
+        now = time.monotonic()
+        cached = self._clients.get(identity.container)
+        if cached is not None and now - cached[0] < CLIENT_TTL:
+            return cached[1]
+        try:
+            info = await self.engine.inspect_container(identity.container)
+        except NotFound:
+            client = ClientContainer(
+                identity.container, problem="the engine does not know this container"
+            )
+        else:
+            client = ClientContainer(
+                info.get("Id") or identity.container,
+                name=(info.get("Name") or "").lstrip("/"),
+                image=(info.get("Config") or {}).get("Image") or "",
+                image_id=info.get("Image"),
+            )
+        if len(self._clients) > 1024:
+            self._clients.clear()
+        self._clients[identity.container] = (now, client)
+        return client
 
     async def _judge_create(self, body: GoObject) -> tuple[Decision, bytes | None]:
         try:
             intents = create_mounts(body)
         except UnreadableMount as err:
             return bad_request(f"cannot read the mounts of this create: {err}"), None
-        if not intents:
+        facts = await self._host_facts(intents) if intents else None
+        decision, rewritten = await self._judge_create_socket(body, intents, facts)
+        if not decision.allowed:
+            return decision, rewritten
+        return await self._judge_create_isolation(body, intents, facts, decision, rewritten)
+
+    async def _judge_create_isolation(
+        self,
+        body: GoObject,
+        intents: tuple[MountIntent, ...],
+        host: HostFacts | None,
+        socket_decision: Decision,
+        rewritten: bytes | None,
+    ) -> tuple[Decision, bytes | None]:
+        """After the socket check: the host powers the create asks for (policy.isolation)."""
+        hc = body.field("HostConfig")
+        facts = await self._isolation_facts(
+            intents, host, namespace_targets(hc if isinstance(hc, GoObject) else None, body)
+        )
+        image_text = body.field("Image", "")
+        image_text = image_text if isinstance(image_text, str) else ""
+        decision = decide_isolation(
+            self.config.current().settings,
+            body,
+            intents,
+            facts,
+            settings_where=self.config.settings_where(),
+        )
+        if not decision.allowed and decision.status == 403:
+            verdicts, image_id = await self._exception_verdicts(image_text, decision, image_id=None)
+            if verdicts:
+                decision = decide_isolation(
+                    self.config.current().settings,
+                    body,
+                    intents,
+                    facts,
+                    settings_where=self.config.settings_where(),
+                    verdicts=verdicts,
+                )
+                if decision.allowed:
+                    decision = dataclasses.replace(decision, expect_image_id=image_id)
+        if not decision.allowed:
+            return decision, None
+        if socket_decision.rewrites or socket_decision.expect_image_id:
+            decision = dataclasses.replace(
+                socket_decision,
+                expect_image_id=socket_decision.expect_image_id or decision.expect_image_id,
+                details={**socket_decision.details, **decision.details},
+            )
+        runtime = runtime_rewrite(body, facts.engine)
+        if runtime is None:
+            return decision, rewritten
+        current = gojson.loads_bytes(rewritten) if rewritten is not None else body
+        assert isinstance(current, GoObject)
+        host_config = current.field("HostConfig")
+        if not isinstance(host_config, GoObject):
+            host_config = GoObject()
+        host_config = gojson.with_field(host_config, "Runtime", runtime)
+        out = gojson.dumps(gojson.with_field(current, "HostConfig", host_config)).encode()
+        return dataclasses.replace(decision, details={**decision.details, "runtime": runtime}), out
+
+    async def _judge_create_socket(
+        self, body: GoObject, intents: tuple[MountIntent, ...], facts: HostFacts | None
+    ) -> tuple[Decision, bytes | None]:
+        if not intents or facts is None:
             return ALLOW, None
-        facts = await self._host_facts(intents)
         try:
             exposures = find_exposures(intents, facts)
         except UnreadableMount as err:
@@ -316,23 +593,27 @@ class Gate:
             return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
         container_id = info["Id"]
         intents = _container_fact(name, info).mounts
-        if not intents:
-            return ALLOW, container_id
-        facts = await self._host_facts(intents)
-        exposures = find_exposures(intents, facts)
-        if not exposures:
-            return ALLOW, container_id
+        facts = await self._host_facts(intents) if intents else None
+        exposures = find_exposures(intents, facts) if facts is not None else ()
         image_id = info.get("Image")
         image_text = (info.get("Config") or {}).get("Image") or image_id or ""
-        image = await self._local_image(image_id) if image_id else None
-        verdict = await self._image_verdict(image) if image is not None else None
-        decision = decide_start(
-            exposures,
-            _display_name(image_text),
-            verdict,
-            container_socket=self.config.container_socket,
-            settings_where=self.config.settings_where(),
-        )
+        decision = ALLOW
+        if exposures:
+            image = await self._local_image(image_id) if image_id else None
+            verdict = await self._image_verdict(image) if image is not None else None
+            decision = decide_start(
+                exposures,
+                _display_name(image_text),
+                verdict,
+                container_socket=self.config.container_socket,
+                settings_where=self.config.settings_where(),
+            )
+        if decision.allowed:
+            isolation = await self._judge_start_isolation(name, info, intents, facts)
+            if not isolation.allowed:
+                decision = isolation
+            elif isolation.rule != ALLOW.rule and not exposures:
+                decision = isolation
         if not decision.allowed and (info.get("HostConfig") or {}).get("AutoRemove"):
             # The engine removes an auto-remove container whose start failed, and `docker run
             # --rm` waits for that removal: do the same, or the client waits forever.
@@ -350,11 +631,35 @@ class Gate:
             return Decision(False, 404, f"plugin {name!r} not found", "no-such-plugin"), name
         plugin_id = info["Id"]
         intents = plugin_mounts(info, name)
-        if not intents:
-            return ALLOW, plugin_id
-        facts = await self._host_facts(intents)
-        decision = decide_plugin(find_exposures(intents, facts), info.get("Name") or name)
+        facts = await self._host_facts(intents) if intents else None
+        decision = (
+            decide_plugin(find_exposures(intents, facts), info.get("Name") or name)
+            if facts is not None
+            else ALLOW
+        )
+        if decision.allowed:
+            decision = await self._judge_plugin_isolation(info, name, intents, facts)
         return decision, plugin_id
+
+    async def _judge_plugin_isolation(
+        self,
+        info: dict[str, Any],
+        name: str,
+        intents: tuple[HostPath, ...],
+        host: HostFacts | None,
+    ) -> Decision:
+        """A plugin's own host powers (capabilities, host namespaces, devices, host paths)."""
+        facts = await self._isolation_facts(intents, host, set())
+        violations = plugin_config_violations(info, facts)
+        violations += inspect_violations(GoObject(), intents, facts)
+        return decide_violations(
+            self.config.current().settings,
+            violations,
+            image_text="",
+            settings_where=self.config.settings_where(),
+            subject=f'plugin "{info.get("Name") or name}"',
+            rule="isolation-plugin",
+        )
 
     async def _judge_volume_create(self, body: GoObject) -> Decision:
         try:
@@ -377,6 +682,33 @@ class Gate:
         )
 
     async def _judge_service(self, body: GoObject) -> Decision:
+        decision = await self._judge_service_socket(body)
+        if not decision.allowed:
+            return decision
+        spec = body.field("TaskTemplate")
+        container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
+        intents: tuple[MountIntent, ...] = ()
+        if isinstance(container_spec, GoObject):
+            wrapper = GoObject((("Mounts", container_spec.field("Mounts", None)),))
+            intents = create_mounts(GoObject((("HostConfig", wrapper),)))
+        host = await self._host_facts(intents) if intents else None
+        facts = await self._isolation_facts(intents, host, set())
+        try:
+            violations = service_violations(body, facts)
+        except ValueError as err:
+            return bad_request(f"cannot read the service's isolation settings: {err}")
+        violations += inspect_violations(GoObject(), intents, facts)
+        image = container_spec.field("Image", "") if isinstance(container_spec, GoObject) else ""
+        return decide_violations(
+            self.config.current().settings,
+            violations,
+            image_text=image if isinstance(image, str) else "",
+            settings_where=self.config.settings_where(),
+            subject="swarm service",
+            rule="isolation-service",
+        )
+
+    async def _judge_service_socket(self, body: GoObject) -> Decision:
         spec = body.field("TaskTemplate")
         container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
         if not isinstance(container_spec, GoObject):
@@ -401,6 +733,231 @@ class Gate:
                 "service-socket",
             )
         return ALLOW
+
+    # -- isolation beyond the socket (agent.policy.isolation) ------------------------------------
+
+    async def _judge_start_isolation(
+        self,
+        name: str,
+        info: dict[str, Any],
+        intents: tuple[MountIntent, ...],
+        host: HostFacts | None,
+    ) -> Decision:
+        """A (re)start of a container whose stored config the policy would refuse now."""
+        doc = gojson.loads(json.dumps(info))
+        assert isinstance(doc, GoObject)
+        hc = doc.field("HostConfig")
+        facts = await self._isolation_facts(
+            intents, host, namespace_targets(hc if isinstance(hc, GoObject) else None, None)
+        )
+        violations = _preexisting(inspect_violations(doc, intents, facts), facts.engine, info)
+        shown = (info.get("Name") or name).lstrip("/")
+        image_text = (info.get("Config") or {}).get("Image") or ""
+        settings = self.config.current().settings
+        where = self.config.settings_where()
+        decision = decide_preexisting_start(
+            settings, shown, image_text, violations, settings_where=where
+        )
+        if decision.allowed:
+            return decision
+        verdicts, _ = await self._exception_verdicts(
+            image_text, decision, image_id=info.get("Image"), violations=violations
+        )
+        if not verdicts:
+            return decision
+        return decide_preexisting_start(
+            settings, shown, image_text, violations, settings_where=where, verdicts=verdicts
+        )
+
+    async def _judge_container_change(
+        self, name: str, violations: list[Violation]
+    ) -> tuple[Decision, bytes | None]:
+        """Exec create and update of an existing container: judged against its image."""
+        if not violations:
+            return ALLOW, None
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return Decision(False, 404, f"No such container: {name}", "no-such-container"), None
+        image_text = (info.get("Config") or {}).get("Image") or ""
+        settings = self.config.current().settings
+        where = self.config.settings_where()
+        decision = decide_violations(
+            settings, violations, image_text=image_text, settings_where=where
+        )
+        if decision.allowed:
+            return decision, None
+        verdicts, _ = await self._exception_verdicts(
+            image_text, decision, image_id=info.get("Image"), violations=violations
+        )
+        if verdicts:
+            decision = decide_violations(
+                settings, violations, image_text=image_text, settings_where=where, verdicts=verdicts
+            )
+        return decision, None
+
+    def _judge_plugin_privileges(self, doc: Any, target: Target) -> Decision:
+        """`docker plugin install`/`upgrade`: the privileges the client grants the plugin."""
+        if not isinstance(doc, list):
+            return bad_request("the plugin privileges body must be a JSON array")
+        try:
+            violations = plugin_privilege_violations(doc, "privileges")
+        except ValueError as err:
+            return bad_request(f"cannot read the plugin privileges: {err}")
+        remote = target.query_value("remote") or ""
+        return decide_violations(
+            self.config.current().settings,
+            violations,
+            image_text="",
+            settings_where=self.config.settings_where(),
+            subject=f'plugin "{remote}"' if remote else "plugin",
+            rule="isolation-plugin",
+        )
+
+    def _judge_build(self, target: Target) -> Decision:
+        """`docker build --network=host` (and the classic builder's `--security-opt`)."""
+        query: dict[str, str] = {}
+        for key, value in reversed(target.query):
+            query[key] = value  # the first value wins, as in Go's Form.Get
+        try:
+            violations = build_violations(query)
+        except ValueError as err:
+            return bad_request(f"cannot read the build options: {err}")
+        return decide_violations(
+            self.config.current().settings,
+            violations,
+            image_text="",
+            settings_where=self.config.settings_where(),
+            subject="build",
+            rule="isolation-build",
+        )
+
+    async def _exception_verdicts(
+        self,
+        image_text: str,
+        decision: Decision,
+        *,
+        image_id: str | None,
+        violations: list[Violation] | None = None,
+    ) -> tuple[dict[int, ImageVerdict], str | None]:
+        """Digest checks for the isolation exceptions whose names match (see
+        `isolation.matching_exceptions`): an exception is only for the image it names."""
+        settings = self.config.current().settings
+        if not settings.extensions.isolation_exceptions or not image_text:
+            return {}, None
+        if violations is None:
+            tokens = decision.details.get("options", "")
+            violations = [Violation(t, t, "", "") for t in tokens.split(",") if t]
+        entries = matching_exceptions(settings, image_text, violations)
+        if not entries:
+            return {}, None
+        image = await self._local_image(image_id or image_text)
+        if image is None:
+            return {}, None
+        verdicts: dict[int, ImageVerdict] = {}
+        for index, entry in entries:
+            image_list = ImageList(entry.images)
+            answers = await self._registry_answers(registry_queries(image_list, (image,)))
+            verdicts[index] = judge_image(image_list, image, answers)
+        return verdicts, image.id
+
+    async def engine_isolation(self) -> EngineIsolation:
+        """What isolation the engine itself gives (`GET /info`, cached briefly); for the
+        status API: sysbox-runc, userns-remap, rootless (see `isolation.isolation_status`)."""
+        now = time.monotonic()
+        cached = self._engine_info
+        if cached is not None and now - cached[0] < ENGINE_INFO_TTL:
+            return cached[1]
+        info = await self.engine.get_json("/info")
+        engine = engine_isolation(info if isinstance(info, dict) else {})
+        self._engine_info = (now, engine)
+        return engine
+
+    async def preexisting_containers(self) -> list[tuple[str, str, str, list[Violation]]]:
+        """Containers whose stored config the policy refuses (made before enforcement, or while
+        ECI was off): (ID, name, image, violations), for status and doctor."""
+        listed = await self.engine.get_json("/containers/json", all=1)
+        out: list[tuple[str, str, str, list[Violation]]] = []
+        for summary in listed or []:
+            cid = summary.get("Id") or ""
+            try:
+                info = await self.engine.inspect_container(cid)
+            except NotFound:
+                continue
+            intents = _container_fact(cid, info).mounts
+            host = await self._host_facts(intents) if intents else None
+            doc = gojson.loads(json.dumps(info))
+            assert isinstance(doc, GoObject)
+            hc = doc.field("HostConfig")
+            facts = await self._isolation_facts(
+                intents, host, namespace_targets(hc if isinstance(hc, GoObject) else None, None)
+            )
+            found = _preexisting(inspect_violations(doc, intents, facts), facts.engine, info)
+            if found:
+                name = (info.get("Name") or "").lstrip("/")
+                image = (info.get("Config") or {}).get("Image") or ""
+                out.append((cid, name, image, found))
+        return out
+
+    async def _isolation_facts(
+        self, intents: Iterable[MountIntent], host: HostFacts | None, targets: set[str]
+    ) -> IsolationFacts:
+        engine = await self.engine_isolation()
+        sensitive = await asyncio.to_thread(self._sensitive, engine)
+        containers: dict[str, NamespaceFact] = {}
+        pending = list(targets)
+        while pending and len(containers) < 16:
+            target = pending.pop()
+            if target in containers:
+                continue
+            fact = await self._namespace_fact(target)
+            containers[target] = fact
+            for value in (fact.modes or {}).values():
+                if value.startswith("container:"):
+                    pending.append(value.split(":", 1)[1])
+        if host is None:
+            host = HostFacts((), {})
+        return IsolationFacts(engine, sensitive, host, containers, await self._host_networks())
+
+    async def _namespace_fact(self, name: str) -> NamespaceFact:
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return NamespaceFact(name, modes=None)
+        hc = info.get("HostConfig") or {}
+        modes = {k: str(hc.get(k) or "") for k in JOINABLE}
+        return NamespaceFact(name, info.get("Id") or "", modes)
+
+    async def _host_networks(self) -> tuple[tuple[str, str], ...]:
+        now = time.monotonic()
+        cached = self._networks
+        if cached is not None and now - cached[0] < ENGINE_INFO_TTL:
+            return cached[1]
+        listed = await self.engine.get_json("/networks", filters=json.dumps({"driver": ["host"]}))
+        found = [("host", "")]
+        for net in listed or []:
+            if isinstance(net, dict) and net.get("Driver") == "host":
+                found.append((str(net.get("Name") or ""), str(net.get("Id") or "")))
+        self._networks = (now, tuple(found))
+        return self._networks[1]
+
+    def _sensitive(self, engine: EngineIsolation) -> tuple[SensitivePath, ...]:
+        folders: list[tuple[str, str, bool]] = list(SENSITIVE_FOLDERS)
+        if engine.docker_root_dir:
+            folders.append((engine.docker_root_dir, "engine's data root", True))
+        for sock in (*WELL_KNOWN_SOCKETS, self.config.engine_socket):
+            folders.append((os.path.dirname(sock), "engine socket folder", False))
+        for sock in (*self.config.listen_sockets, self.config.container_socket):
+            folders.append((os.path.dirname(sock), "eci-agent socket folder", False))
+        out: list[SensitivePath] = []
+        seen: set[str] = set()
+        for path, label, inside in folders:
+            if path in seen or not path:
+                continue
+            seen.add(path)
+            found = _resolve(path)
+            out.append(SensitivePath(path, label, found.resolved, found.inode, inside))
+        return tuple(out)
 
     # -- facts -----------------------------------------------------------------------------------
 
@@ -499,23 +1056,8 @@ class Gate:
     async def _registry_answers(
         self, queries: Iterable[RegistryQuery]
     ) -> dict[RegistryQuery, RegistryAnswer]:
-        answers: dict[RegistryQuery, RegistryAnswer] = {}
-        now = time.monotonic()
-        for query in queries:
-            cached = self._registry_cache.get(query)
-            if cached is not None and now - cached[0] < REGISTRY_TTL:
-                answers[query] = cached[1]
-                continue
-            try:
-                digest = await asyncio.to_thread(
-                    self.config.registry.manifest_digest, query.domain, query.path, query.reference
-                )
-                answer = RegistryAnswer(digest=digest)
-                self._registry_cache[query] = (now, answer)
-            except RegistryError as err:
-                answer = RegistryAnswer(error=str(err))
-            answers[query] = answer
-        return answers
+        # From memory when fresh; otherwise looked up (cached, refreshed, offline fallback).
+        return await self.config.registry.answers(tuple(queries))
 
     def _record(self, request: Request, decision: Decision, peer: Peer, eff: Effective) -> None:
         events_log.warning(
@@ -529,11 +1071,63 @@ class Gate:
                     "method": request.head.method,
                     "path": request.head.target,
                     "message": decision.message,
-                    "peer": {"pid": peer.pid, "uid": peer.uid, "via": peer.listener},
+                    "peer": {
+                        "pid": peer.pid,
+                        "uid": peer.uid,
+                        "via": peer.listener,
+                        "container": peer.identity.container,
+                    },
+                    "details": dict(decision.details),
                     "settings_sha256": eff.settings.sha256,
                 }
             ),
         )
+        store = self.config.events
+        if store is None:
+            return
+        details = dict(decision.details)
+        container = details.pop("container", None) or peer.identity.container
+        commands = details.pop("commands", "")
+        store.record_denial(
+            method=request.head.method,
+            path=request.head.target,
+            rule=decision.rule,
+            status=decision.status,
+            message=decision.message,
+            peer=peer,
+            settings_sha256=eff.settings.sha256,
+            image=details.pop("image", None) or None,
+            container_id=None if container == "unknown" else container,
+            container_name=details.pop("container_name", None),
+            commands=tuple(c for c in commands.split(",") if c),
+            extra=details,
+        )
+
+
+def _preexisting(
+    found: list[Violation], engine: EngineIsolation, info: dict[str, Any]
+) -> list[Violation]:
+    """What a stored container config asks for, less what the engine fills in by itself: on
+    cgroup v1 the engine's default cgroup namespace is the host's (`CgroupnsMode: host`)."""
+    if str(info.get("HostConfig", {}).get("CgroupnsMode")) == "host" and engine.cgroup_v1:
+        return [v for v in found if v.token != "--cgroupns=host"]
+    return found
+
+
+def _attributed(decision: Decision, client: ClientContainer) -> Decision:
+    """The decision with who asked (container ID, name, image) in its details."""
+    return dataclasses.replace(decision, details={**decision.details, **client.details()})
+
+
+def _compose_labelled(request: Request) -> bool:
+    body = request.body or b""
+    if not body.strip():
+        return False
+    try:
+        doc = gojson.loads_bytes(body)
+    except gojson.JSONSyntaxError:
+        return False  # refused as unreadable further on
+    return isinstance(doc, GoObject) and compose_labelled(doc)
 
 
 def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Decision:

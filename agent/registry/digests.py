@@ -83,6 +83,8 @@ class DigestService:
         self._last_error: dict[str, str] = {}
         self._inflight: dict[RegistryQuery, asyncio.Future[CacheEntry]] = {}
         self._repull: dict[tuple[str, str], RepullItem] = {}
+        #: Called once for each newly found stale copy (the agent stores it as an event).
+        self.on_stale: Callable[[RepullItem], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake: asyncio.Event | None = None
@@ -357,6 +359,8 @@ class DigestService:
                 "%s",
                 json.dumps({"event": "needs-repull", "time": self._clock(), **item.as_event()}),
             )
+            if self.on_stale is not None:
+                self.on_stale(item)
         for key in sorted(self._repull.keys() - found.keys()):
             log.info("%s (%s) no longer needs a re-pull", key[0], key[1])
         self._repull = found

@@ -47,6 +47,41 @@ class SocketMountPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageCommandList:
+    """One `eciAgent.commandLists` entry: the command list for containers of these images.
+
+    Our extension: Docker Desktop applies one command list to every socket-mounting container.
+    `images` are matched by name and tag against the container's image (see
+    `agent.policy.command_map.command_list_for`).
+    """
+
+    images: tuple[ImagePattern, ...]
+    command_list: CommandList
+
+
+@dataclass(frozen=True, slots=True)
+class IsolationException:
+    """One `eciAgent.isolationExceptions` entry: host powers these images may still ask for.
+
+    Our extension: `allow` holds normalized tokens (`--pid=host`, `--cap-add=SYS_PTRACE`,
+    `--volume=/sys`; see `agent.policy.isolation.normalize_allow_token`). An entry applies to
+    an image whose name and tag match one of `images` and whose digest the registry serves for
+    that name (as for the socket image list), and only when it names every power asked for.
+    """
+
+    images: tuple[ImagePattern, ...]
+    allow: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentExtensions:
+    """The top-level `eciAgent` object: eci-agent's own settings, which Docker Desktop ignores."""
+
+    image_command_lists: tuple[ImageCommandList, ...] = ()
+    isolation_exceptions: tuple[IsolationException, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class EnhancedContainerIsolation:
     """`enhancedContainerIsolation`: `value` turns ECI on, `locked` stops users changing it."""
 
@@ -86,6 +121,7 @@ class AdminSettings:
     notes: tuple[SettingsNote, ...] = ()
     source: str | None = None
     sha256: str | None = None
+    extensions: AgentExtensions = field(default_factory=AgentExtensions)
 
     @property
     def is_builtin_default(self) -> bool:

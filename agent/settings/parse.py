@@ -8,6 +8,7 @@ trailing comma, any syntax error), naming the line and column.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass
@@ -22,12 +23,16 @@ from agent.policy.commands import (
 )
 from agent.policy.gojson import MISSING, GoObject
 from agent.policy.imageref import ImagePattern, InvalidReference, parse_image_pattern
+from agent.policy.isolation import normalize_allow_token
 from agent.settings.model import (
     AdminSettings,
+    AgentExtensions,
     CommandList,
     CommandListType,
     EnhancedContainerIsolation,
+    ImageCommandList,
     ImageList,
+    IsolationException,
     SettingsNote,
     Severity,
     SocketMountPolicy,
@@ -96,6 +101,11 @@ ECI_FIELDS = ("value", "locked", "dockerSocketMount")
 SOCKET_FIELDS = ("imageList", "commandList")
 IMAGE_LIST_FIELDS = ("images", "allowDerivedImages")
 COMMAND_LIST_FIELDS = ("type", "commands")
+#: eci-agent's own top-level key: Docker Desktop ignores it, so the file stays valid there.
+EXTENSION_KEY = "eciAgent"
+EXTENSION_FIELDS = ("commandLists", "isolationExceptions")
+ISOLATION_EXCEPTION_FIELDS = ("images", "allow")
+IMAGE_COMMAND_LIST_FIELDS = ("images", "type", "commands")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +235,17 @@ def _image_list(r: _Reader, obj: GoObject | None, path: str) -> ImageList:
     return ImageList(tuple(patterns), derived)
 
 
-def _command_list(r: _Reader, obj: GoObject | None, path: str) -> CommandList:
+def _command_list(
+    r: _Reader,
+    obj: GoObject | None,
+    path: str,
+    *,
+    known: tuple[str, ...] = COMMAND_LIST_FIELDS,
+    docker_desktop: bool = True,
+) -> CommandList:
     if obj is None:
         return CommandList()
-    r.unknown_fields(obj, path, COMMAND_LIST_FIELDS)
+    r.unknown_fields(obj, path, known)
     kind = CommandListType.DENY
     raw_type = obj.field("type")
     if raw_type is not MISSING and raw_type is not None:
@@ -244,7 +261,7 @@ def _command_list(r: _Reader, obj: GoObject | None, path: str) -> CommandList:
             r.problem(f"{path}.commands[{i}]", str(err))
             continue
         why = UNSUPPORTED_BY_DOCKER_DESKTOP.get(text.strip())
-        if why is not None:
+        if why is not None and docker_desktop:
             r.note(
                 f"{path}.commands[{i}]",
                 f"Docker Desktop does not support {text!r} in the command list; here: {why}",
@@ -290,6 +307,114 @@ def _eci(r: _Reader, root: GoObject) -> EnhancedContainerIsolation:
     return EnhancedContainerIsolation(value, locked, SocketMountPolicy(images, commands))
 
 
+def _image_command_list(r: _Reader, entry: GoObject, path: str) -> ImageCommandList | None:
+    patterns: list[ImagePattern] = []
+    texts = r.string_list(entry.field("images"), f"{path}.images")
+    for i, text in texts:
+        try:
+            patterns.append(parse_image_pattern(text))
+        except InvalidReference as err:
+            r.problem(f"{path}.images[{i}]", f"expected an image reference, {err}")
+    if not texts and not any(p.json_path.startswith(f"{path}.images") for p in r.problems):
+        r.problem(
+            f"{path}.images",
+            'expected at least one image reference (such as "docker.io/testcontainers/ryuk:*"); '
+            "an entry without images applies to no container",
+        )
+    # `_command_list` notes the entry's unknown keys (it knows `images` too).
+    command_list = _command_list(
+        r, entry, path, known=IMAGE_COMMAND_LIST_FIELDS, docker_desktop=False
+    )
+    if command_list.type is CommandListType.DENY and not command_list.commands:
+        r.note(
+            path,
+            "an empty deny list: containers of these images may send every command, whatever "
+            f"{ECI_KEY}.dockerSocketMount.commandList says",
+        )
+    if not patterns:
+        return None
+    return ImageCommandList(tuple(patterns), command_list)
+
+
+def _extensions(r: _Reader, root: GoObject) -> AgentExtensions:
+    obj = r.obj(root.field(EXTENSION_KEY), EXTENSION_KEY)
+    if obj is None:
+        return AgentExtensions()
+    r.unknown_fields(obj, EXTENSION_KEY, EXTENSION_FIELDS)
+    path = f"{EXTENSION_KEY}.commandLists"
+    raw = obj.field("commandLists")
+    if raw is MISSING or raw is None:
+        return AgentExtensions()
+    if not isinstance(raw, list):
+        r.problem(path, f"expected an array of objects, got {_describe(raw)}")
+        return AgentExtensions()
+    entries: list[ImageCommandList] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, GoObject):
+            r.problem(f"{path}[{i}]", f"expected an object, got {_describe(item)}")
+            continue
+        entry = _image_command_list(r, item, f"{path}[{i}]")
+        if entry is not None:
+            entries.append(entry)
+    return AgentExtensions(tuple(entries))
+
+
+def _isolation_exception(r: _Reader, entry: GoObject, path: str) -> IsolationException | None:
+    r.unknown_fields(entry, path, ISOLATION_EXCEPTION_FIELDS)
+    patterns: list[ImagePattern] = []
+    texts = r.string_list(entry.field("images"), f"{path}.images")
+    for i, text in texts:
+        try:
+            pattern = parse_image_pattern(text)
+        except InvalidReference as err:
+            r.problem(f"{path}.images[{i}]", f"expected an image reference, {err}")
+            continue
+        if pattern.is_everything:
+            r.problem(
+                f"{path}.images[{i}]",
+                '"*" would lift isolation for every image; name the images that need it',
+            )
+            continue
+        patterns.append(pattern)
+    if not texts:
+        r.problem(f"{path}.images", "expected at least one image reference")
+    allow: set[str] = set()
+    tokens = r.string_list(entry.field("allow"), f"{path}.allow")
+    for i, text in tokens:
+        try:
+            allow.add(normalize_allow_token(text))
+        except ValueError as err:
+            r.problem(f"{path}.allow[{i}]", str(err))
+    if not tokens:
+        r.problem(f"{path}.allow", 'expected at least one option, such as "--pid=host"')
+    if not patterns or not allow:
+        return None
+    return IsolationException(tuple(patterns), frozenset(allow))
+
+
+def _isolation_exceptions(r: _Reader, root: GoObject, ext: AgentExtensions) -> AgentExtensions:
+    """`eciAgent.isolationExceptions`: named host powers per image (see `IsolationException`)."""
+    obj = root.field(EXTENSION_KEY)
+    if not isinstance(obj, GoObject):
+        return ext
+    path = f"{EXTENSION_KEY}.isolationExceptions"
+    raw = obj.field("isolationExceptions")
+    if raw is MISSING or raw is None:
+        return ext
+    if not isinstance(raw, list):
+        r.problem(path, f"expected an array of objects, got {_describe(raw)}")
+        return ext
+    entries: list[IsolationException] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, GoObject):
+            r.problem(f"{path}[{i}]", f"expected an object, got {_describe(item)}")
+            continue
+        entry = _isolation_exception(r, item, f"{path}[{i}]")
+        if entry is not None:
+            entries.append(entry)
+    return dataclasses.replace(ext, isolation_exceptions=tuple(entries))
+
+
 def _version(r: _Reader, root: GoObject) -> int | None:
     raw = root.field("configurationFileVersion")
     if raw is MISSING or raw is None:
@@ -326,15 +451,19 @@ def parse_settings(data: bytes, source: str | None = None) -> AdminSettings:
     r = _Reader()
     version = _version(r, root_value)
     eci = _eci(r, root_value)
+    extensions = _isolation_exceptions(r, root_value, _extensions(r, root_value))
+    ours = {gojson.fold(k) for k in (ECI_KEY, "configurationFileVersion", EXTENSION_KEY)}
     ignored: list[str] = []
     known = {gojson.fold(k) for k in DOCKER_DESKTOP_KEYS}
     for key in dict.fromkeys(root_value.keys()):
         folded = gojson.fold(key)
-        if folded in (gojson.fold(ECI_KEY), gojson.fold("configurationFileVersion")):
+        if folded in ours:
             continue
         ignored.append(key)
         if folded not in known:
-            guess = difflib.get_close_matches(key, [ECI_KEY, "configurationFileVersion"], n=1)
+            guess = difflib.get_close_matches(
+                key, [ECI_KEY, "configurationFileVersion", EXTENSION_KEY], n=1
+            )
             hint = f"; did you mean {guess[0]!r}?" if guess else ""
             r.note(key, f"not a Docker Desktop setting we know; ignored{hint}")
     for key in root_value.duplicate_keys():
@@ -348,4 +477,5 @@ def parse_settings(data: bytes, source: str | None = None) -> AdminSettings:
         notes=tuple(r.notes),
         source=source,
         sha256=hashlib.sha256(data).hexdigest(),
+        extensions=extensions,
     )

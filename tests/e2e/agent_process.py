@@ -58,9 +58,18 @@ def http_over_unix(path: str, request: bytes, timeout: float = 10.0) -> bytes:
 class AgentProcess:
     """`eci-agent run` with its own settings file, sockets and log, in `workdir`."""
 
-    def __init__(self, workdir: Path, engine_socket: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        engine_socket: str,
+        control: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.engine_socket = engine_socket
+        #: The control API socket (`--control`); default: control.sock in the runtime dir.
+        self.control = control or str(workdir / "run" / "control.sock")
+        self.extra_args = extra_args
         self.settings_dir = workdir / "etc"
         self.settings_path = self.settings_dir / "admin-settings.json"
         self.listen = str(workdir / "agent.sock")
@@ -86,6 +95,8 @@ class AgentProcess:
                 "--runtime-dir", str(self.runtime_dir),
                 "--state-dir", str(self.workdir / "state"),
                 "--listen-mode", "666",
+                "--control", self.control,
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -391,3 +391,61 @@ def test_bearer_token_registry_with_anonymous_tokens(stack, agents, tmp_path, re
     r = create_via(stack, with_login, name, tag)
     assert r.returncode == 0, r.stderr
     assert any(q.user == USER for q in issuer.requests), issuer.requests
+
+
+def _control(agent: RegistryAgent, method: str, path: str, body: dict[str, Any] | None = None):
+    data = json.dumps(body).encode() if body is not None else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    raw = http_over_unix(agent.control, head + data, timeout=120)
+    status_line, _, rest = raw.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split(b" ")[1]), json.loads(payload or b"null")
+
+
+def test_the_tray_prompt_path_status_events_and_repull_through_the_control_api(
+    stack, agents, tmp_path, request
+):
+    name = "eci-lc-" + uuid.uuid4().hex[:8]
+    tag = f"{stack.registry}/lc/prompt-{name}:1"
+    old = build(stack, tmp_path, tag, name + "-old")
+    ok(docker(stack, "push", tag))
+    new = build(stack, tmp_path, tag, name + "-new")
+    ok(docker(stack, "push", tag))
+    ok(docker(stack, "tag", old, tag))
+    request.addfinalizer(lambda: docker(stack, "rmi", "-f", tag, old, new))
+    request.addfinalizer(lambda: docker(stack, "rm", "-f", name))
+
+    agent = agents(tmp_path / "state", settings_with([tag]))
+
+    def stale_items() -> list[dict[str, Any]]:
+        status, doc = _control(agent, "GET", "/v1/status")
+        assert status == 200, doc
+        return list(doc["needsRepull"])
+
+    assert wait_for(lambda: bool(stale_items())), agent.log()
+    (item,) = stale_items()
+    assert item["image"] == tag and item["image_id"] == old
+    status, doc = _control(agent, "GET", "/v1/events?kind=needs-repull")
+    assert status == 200 and [e["image"] for e in doc["events"]] == [tag], doc
+
+    # Locked settings: the tray's prompt may not act, and nothing is pulled.
+    status, doc = _control(agent, "POST", "/v1/repull", {"image": tag})
+    assert status == 403 and "locked" in doc["message"], doc
+    assert image_id(stack, tag) == old
+
+    unlocked = settings_with([tag])
+    unlocked["enhancedContainerIsolation"]["locked"] = False
+    agent.set_settings(unlocked)
+    status, doc = _control(agent, "POST", "/v1/repull", {"image": tag})
+    assert status == 202, doc  # the control API answers actions with 202
+    assert doc["newId"] == new and doc["removedOld"] is True, doc
+    assert image_id(stack, tag) == new  # asked of the engine, not the agent
+    assert docker(stack, "image", "inspect", old).returncode != 0
+    assert stale_items() == []
+    status, doc = _control(agent, "GET", "/v1/events?kind=repull-done")
+    assert status == 200 and doc["events"][-1]["image"] == tag, doc
+    r = create_via(stack, agent, name, tag)
+    assert r.returncode == 0, r.stderr

@@ -332,7 +332,9 @@ class Stack:
         detached: bool = False,
         start_timeout: float = 60.0,
         docker_cli: str | None = None,
+        dockerd_args: Sequence[str] = (),
     ) -> None:
+        self.dockerd_args = tuple(dockerd_args)  # extra dockerd flags (e.g. --userns-remap)
         self._given_dir = Path(directory).absolute() if directory is not None else None
         self.build_images = build_images
         self.install = install
@@ -495,6 +497,7 @@ class Stack:
             "--ip6tables=false",
             f"--cgroup-parent=/{self.cgroup_parent}",
             "--shutdown-timeout=5",
+            *self.dockerd_args,
         ]
         self._dockerd = _spawn(
             argv, self.dockerd_log, detached=self.detached, env=self._daemon_env()

@@ -41,7 +41,8 @@ def test_valid_file_prints_the_normalized_policy(tmp_path, capsys) -> None:
     assert "docker.io/localstack/localstack:*" in out
     assert "ignored (Docker Desktop settings eci-agent does not enforce): proxy" in out
     assert "'manifest'" in out and "client-only" in out
-    assert "not enforced yet" in out
+    assert "command list (deny): push, manifest" in out
+    assert "not enforced" not in out
 
 
 def test_invalid_file_names_path_and_expectation(tmp_path, capsys) -> None:
@@ -91,3 +92,21 @@ def test_strict_modes_refuses_a_file_others_can_write(tmp_path, capsys, mode) ->
     capsys.readouterr()
     assert main(["check", "--strict-modes", str(path)]) == EXIT_INVALID
     assert "writable by" in capsys.readouterr().err
+
+
+def test_per_image_command_lists_are_shown(tmp_path, capsys) -> None:
+    doc = json.loads(json.dumps(SEED))
+    doc["eciAgent"] = {
+        "commandLists": [
+            {"images": ["docker.io/testcontainers/ryuk:*"], "type": "allow", "commands": ["ps"]}
+        ]
+    }
+    code = main(["check", write(tmp_path, json.dumps(doc))])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "command list for docker.io/testcontainers/ryuk:* (allow, eciAgent extension): ps" in out
+    code = main(["check", "--json", write(tmp_path, json.dumps(doc))])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["eciAgent"]["commandLists"] == [
+        {"images": ["docker.io/testcontainers/ryuk:*"], "type": "allow", "commands": ["ps"]}
+    ]

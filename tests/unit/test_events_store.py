@@ -127,15 +127,16 @@ def test_a_slow_disk_never_blocks_append_and_drops_are_recorded(tmp_path: Path) 
             "BEGIN EXCLUSIVE"
         )  # the writer now waits (busy_timeout), as on a stuck disk
         try:
-            started = time.perf_counter()
             accepted = sum(s.record("denied", str(i)) for i in range(500))
-            elapsed = time.perf_counter() - started
+            # Still inside the lock: a blocking append could not have returned with drops.
+            dropped_while_locked = s.dropped
         finally:
             time.sleep(0.2)
             blocker.execute("ROLLBACK")
             blocker.close()
-        assert elapsed < 0.5, f"append blocked for {elapsed:.3f}s"
-        assert accepted <= 51 and s.dropped == 500 - accepted
+        # The queue holds 50; the writer may have taken one batch before it got stuck.
+        assert accepted < 500 and dropped_while_locked == 500 - accepted > 0
+        assert s.dropped == 500 - accepted
         assert s.flush()
         deadline = time.monotonic() + 5
         while not s.query(kinds=["events-dropped"]) and time.monotonic() < deadline:

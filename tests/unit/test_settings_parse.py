@@ -971,3 +971,196 @@ def test_null_sections_mean_defaults() -> None:
 def test_settings_problem_str() -> None:
     assert str(SettingsProblem("a.b", "bad")) == "a.b: bad"
     assert str(SettingsProblem("", "bad", 3, 4)) == "(file) (line 3, column 4): bad"
+
+
+# -- eciAgent: eci-agent's own top-level key (per-image command lists) ----------------------
+
+EXT = "eciAgent.commandLists"
+
+
+def ext_doc(extension: Any, **top: Any) -> str:
+    """A whole file with a global deny ["push"] list and `"eciAgent": extension`."""
+    eci: dict[str, Any] = {
+        "value": True,
+        "locked": True,
+        "dockerSocketMount": {"commandList": {"type": "deny", "commands": ["push"]}},
+    }
+    return json.dumps({"configurationFileVersion": 2, ECI: eci, "eciAgent": extension, **top})
+
+
+def test_eci_agent_command_lists_parse() -> None:
+    settings = parse_settings(
+        ext_doc(
+            {
+                "commandLists": [
+                    {
+                        "images": ["docker.io/testcontainers/ryuk:*"],
+                        "type": "allow",
+                        "commands": ["container ls", "container stop", "container rm"],
+                    },
+                    {"images": ["docker:cli", "alpine@sha256:" + "a" * 64], "commands": ["build*"]},
+                ]
+            }
+        ).encode()
+    )
+    first, second = settings.extensions.image_command_lists
+    assert [p.normalized() for p in first.images] == ["docker.io/testcontainers/ryuk:*"]
+    assert first.command_list.type is CommandListType.ALLOW
+    assert [c.text for c in first.command_list.commands] == [
+        "container ls",
+        "container stop",
+        "container rm",
+    ]
+    assert second.command_list.type is CommandListType.DENY  # the default, as Docker Desktop's
+    assert [p.normalized() for p in second.images] == [
+        "docker.io/library/docker:cli",
+        "docker.io/library/alpine@sha256:" + "a" * 64,
+    ]
+    assert settings.ignored_keys == ()  # parsed, not ignored
+    assert settings.notes == ()
+    assert [c.text for c in settings.eci.socket_mount.command_list.commands] == ["push"]
+
+
+def test_eci_agent_absent_or_empty_means_no_per_image_lists() -> None:
+    for text in (
+        doc(),
+        ext_doc(None),
+        ext_doc({}),
+        ext_doc({"commandLists": None}),
+        ext_doc({"commandLists": []}),
+    ):
+        assert parse_settings(text.encode()).extensions.image_command_lists == ()
+
+
+def test_eci_agent_key_matches_case_insensitively() -> None:
+    text = json.dumps(
+        {
+            "configurationFileVersion": 2,
+            ECI: {"value": True, "locked": True},
+            "ECIAGENT": {"CommandLists": [{"Images": ["docker:cli"], "Commands": ["ps"]}]},
+        }
+    )
+    settings = parse_settings(text.encode())
+    assert len(settings.extensions.image_command_lists) == 1
+    assert settings.ignored_keys == ()
+
+
+EXT_PROBLEM_CASES: list[tuple[str, Any, list[tuple[str, str]]]] = [
+    (
+        "not an object",
+        ["x"],
+        [("eciAgent", "expected an object, got an array")],
+    ),
+    (
+        "commandLists not an array",
+        {"commandLists": {"images": ["docker:cli"]}},
+        [(EXT, "expected an array of objects, got an object")],
+    ),
+    (
+        "entry not an object",
+        {"commandLists": ["docker:cli"]},
+        [(f"{EXT}[0]", 'expected an object, got "docker:cli"')],
+    ),
+    (
+        "no images",
+        {"commandLists": [{"commands": ["ps"], "type": "allow"}]},
+        [
+            (
+                f"{EXT}[0].images",
+                'expected at least one image reference (such as "docker.io/testcontainers/ryuk:*"); '
+                "an entry without images applies to no container",
+            )
+        ],
+    ),
+    (
+        "images not an array",
+        {"commandLists": [{"images": "docker:cli", "commands": ["ps"]}]},
+        [(f"{EXT}[0].images", 'expected an array of strings, got "docker:cli"')],
+    ),
+    (
+        "bad image",
+        {"commandLists": [{"images": ["docker:cli", "Docker:cli"], "commands": ["ps"]}]},
+        [
+            (
+                f"{EXT}[0].images[1]",
+                "expected an image reference, invalid image reference 'Docker:cli': repository "
+                "name must be lowercase",
+            )
+        ],
+    ),
+    (
+        "bad type",
+        {"commandLists": [{"images": ["docker:cli"], "type": "only", "commands": ["ps"]}]},
+        [(f"{EXT}[0].type", 'expected "allow" or "deny", got "only"')],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extension", "expected"),
+    [c[1:] for c in EXT_PROBLEM_CASES],
+    ids=[c[0] for c in EXT_PROBLEM_CASES],
+)
+def test_eci_agent_problems_name_their_json_path(
+    extension: Any, expected: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(SettingsInvalid) as info:
+        parse_settings(ext_doc(extension).encode())
+    assert [(p.json_path, p.message) for p in info.value.problems] == expected
+
+
+def test_eci_agent_unknown_command_has_suggestions() -> None:
+    text = ext_doc({"commandLists": [{"images": ["docker:cli"], "commands": ["ps", "pussh"]}]})
+    with pytest.raises(SettingsInvalid) as info:
+        parse_settings(text.encode())
+    (problem,) = info.value.problems
+    assert problem.json_path == f"{EXT}[0].commands[1]"
+    assert "unknown docker command 'pussh'" in problem.message
+    assert "'push'" in problem.message  # the suggestion
+
+
+def test_eci_agent_unknown_keys_are_noted() -> None:
+    settings = parse_settings(
+        ext_doc(
+            {
+                "commandLists": [
+                    {"images": ["docker:cli"], "type": "allow", "commands": ["ps"], "imags": 1}
+                ],
+                "commandList": {},
+            }
+        ).encode()
+    )
+    paths = [n.json_path for n in settings.notes]
+    assert paths == ["eciAgent.commandList", f"{EXT}[0].imags"]
+    assert "did you mean 'commandLists'?" in settings.notes[0].message
+    assert "did you mean 'images'?" in settings.notes[1].message
+
+
+def test_eci_agent_empty_deny_list_gets_a_note() -> None:
+    settings = parse_settings(ext_doc({"commandLists": [{"images": ["docker:cli"]}]}).encode())
+    (note,) = settings.notes
+    assert note.json_path == f"{EXT}[0]"
+    assert "every command" in note.message
+    (entry,) = settings.extensions.image_command_lists
+    assert entry.command_list.commands == ()
+
+
+def test_eci_agent_commands_docker_desktop_lacks_get_no_note() -> None:
+    """Docker Desktop never reads eciAgent, so its unsupported-command notes do not apply."""
+    settings = parse_settings(
+        ext_doc(
+            {"commandLists": [{"images": ["docker:cli"], "commands": ["plugin", "compose"]}]}
+        ).encode()
+    )
+    assert settings.notes == ()
+
+
+def test_eci_agent_typo_at_top_level_is_suggested() -> None:
+    settings = parse_settings(
+        json.dumps(
+            {"configurationFileVersion": 2, ECI: {"value": True, "locked": True}, "eciAgnet": {}}
+        ).encode()
+    )
+    assert settings.ignored_keys == ("eciAgnet",)
+    (note,) = settings.notes
+    assert "did you mean 'eciAgent'?" in note.message

@@ -1,0 +1,39 @@
+"""Which container a client of the agent's sockets runs in: `/proc/<pid>/cgroup` at accept.
+
+The kernel gives the pid of the process that connected (SO_PEERCRED, translated into the
+agent's pid namespace); its cgroup path names the container (see `agent.policy.peers`).
+This is read once per connection, while the client is connected, so the answer describes
+the process that opened the connection. An unreadable cgroup file (the process already left,
+or /proc is not the host's) is reported as such: callers fail closed on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.policy.peers import container_of_cgroup
+
+PROC = "/proc"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """`container` is the 64-hex ID, None for a host process; `problem` when unknown."""
+
+    container: str | None = None
+    problem: str | None = None
+
+
+HOST = Identity()
+
+
+def identity_of_pid(pid: int | None, proc: str = PROC) -> Identity:
+    if pid is None or pid <= 0:
+        return Identity(problem="the kernel did not say which process connected")
+    try:
+        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as err:
+        return Identity(problem=f"cannot read the cgroup of process {pid}: {err.strerror}")
+    container = container_of_cgroup(text)
+    return HOST if container is None else Identity(container=container)
