@@ -16,6 +16,7 @@ COLORS = {
     Level.ENFORCING: "#2e7d32",
     Level.OFF: "#9e9e9e",
     Level.ERROR: "#ef6c00",
+    Level.AUDIT: "#f9a825",
     Level.UNREACHABLE: "#c62828",
 }
 

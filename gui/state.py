@@ -9,6 +9,7 @@ from typing import Any
 
 class Level(enum.Enum):
     ENFORCING = "enforcing"
+    AUDIT = "audit"
     OFF = "off"
     ERROR = "error"
     UNREACHABLE = "unreachable"
@@ -35,6 +36,9 @@ def view_of(status: dict[str, Any] | None, error: str | None = None) -> TrayView
     settings_error = status.get("settingsError")
     if settings_error:
         lines.append(f"settings problem: {settings_error}")
+    if status.get("audit"):
+        lines.insert(0, "NOT PROTECTED: would-be denials are only recorded")
+        return TrayView(Level.AUDIT, "Enhanced Container Isolation: AUDIT ONLY", tuple(lines))
     if not status.get("enforcing", False):
         return TrayView(Level.OFF, "Enhanced Container Isolation: off", tuple(lines))
     level = Level.ERROR if settings_error else Level.ENFORCING

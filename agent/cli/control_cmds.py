@@ -183,6 +183,10 @@ def print_status(doc: Mapping[str, Any]) -> None:
         lock = "not locked; switched by the user"
     else:
         lock = "not locked (users may switch it)"
+    if doc.get("audit"):
+        print("!!! AUDIT MODE: this machine is NOT protected. eci-agent only records what it")
+        print("!!! would deny (`eci-agent events --kind would-deny`, `eci-agent suggest`).")
+        state = "audit only"
     print(f"Enhanced Container Isolation: {state} ({lock})")
     if settings.get("builtinDefault"):
         print(f"  settings: built-in default (no file at {settings.get('path')})")
@@ -306,8 +310,49 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from agent.events.suggest import suggest
+
+    client = _client(args)
+    docs: list[dict[str, Any]] = []
+    try:
+        cursor: int | None = None
+        while True:
+            page = client.get(
+                "/v1/events?kind=would-deny&limit=1000"
+                + (f"&after={cursor}" if cursor is not None else "")
+            )
+            docs.extend(page["events"])
+            cursor = page["lastId"]
+            if not page["more"] or cursor is None:
+                break
+    except ControlError as err:
+        return _fail("suggest", err)
+    result = suggest(docs)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return EXIT_OK
+    if result.events == 0:
+        print("no would-deny events recorded: turn audit mode on (eciAgent.auditMode) and let")
+        print("real work run through the agent first")
+        return EXIT_OK
+    print(f"From {result.events} would-deny event(s). Review, then merge into the settings file:")
+    print(json.dumps(result.as_settings(), indent=2))
+    for entry, count in sorted(result.deny_entries_hit.items()):
+        print(f"deny-list entry {entry!r} blocked {count} request(s): remove or narrow it")
+    for rule, count in sorted(result.other.items()):
+        print(f"{count} request(s) refused by {rule!r}: no settings entry can allow these")
+    return EXIT_OK
+
+
 def add_parsers(sub: Any) -> None:
-    """Register `status` and `events` on the main parser's subcommands."""
+    """Register `status`, `events` and `suggest` on the main parser's subcommands."""
+    suggest_cmd = sub.add_parser(
+        "suggest", help="turn audit mode's would-deny events into image/command list entries"
+    )
+    suggest_cmd.add_argument("--json", action="store_true", help="machine-readable proposal")
+    suggest_cmd.add_argument("--control", metavar="PATH", help="the agent's control socket")
+    suggest_cmd.set_defaults(func=cmd_suggest)
     status = sub.add_parser("status", help="what the running agent enforces, and its health")
     status.add_argument("--json", action="store_true", help="the control API's JSON document")
     status.add_argument("--control", metavar="PATH", help="the agent's control socket")

@@ -278,7 +278,15 @@ class AgentServices:
                 "pid": os.getpid(),
                 "startedAt": _when(self.started_at),
             },
-            "enforcing": effective.eci_enabled,
+            "enforcing": effective.eci_enabled and not settings.extensions.audit_mode,
+            "audit": effective.eci_enabled and settings.extensions.audit_mode,
+            "mode": (
+                "off"
+                if not effective.eci_enabled
+                else "audit"
+                if settings.extensions.audit_mode
+                else "enforcing"
+            ),
             "locked": settings.eci.locked,
             "settingsError": error,
             "eci": {

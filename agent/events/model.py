@@ -22,6 +22,7 @@ class Kind(enum.StrEnum):
     """The kinds the agent writes today; the store accepts any other name too."""
 
     DENIED = "denied"
+    WOULD_DENY = "would-deny"  # audit mode: recorded, then let through
     POLICY_RELOADED = "policy-reloaded"
     SETTINGS_REJECTED = "settings-rejected"
     ECI_SWITCHED = "eci-switched"
@@ -232,9 +233,10 @@ def denial(
     extra: Mapping[str, Any] | None = None,
     decision: str = "denied",
 ) -> Event:
-    """The `denied` event for a refused request (what the gate records)."""
+    """The `denied` event for a refused request (what the gate records); in audit mode
+    (`decision="would-deny"`) the `would-deny` event for one that was let through."""
     return Event(
-        kind=Kind.DENIED.value,
+        kind=(Kind.WOULD_DENY if decision == "would-deny" else Kind.DENIED).value,
         time=time,
         message=message,
         decision=decision,

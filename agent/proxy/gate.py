@@ -244,8 +244,17 @@ class Gate:
             decision = deny(503, f"cannot evaluate the policy: {err}", "fail-closed")
             body = None
         if not decision.allowed:
+            if effective.settings.extensions.audit_mode and decision.status == 403:
+                # Audit mode: the policy's refusals (403) are recorded and let through. What
+                # cannot be forwarded faithfully (400 ambiguous requests, 404 unknown routes,
+                # 503 unknown facts) is still refused.
+                self._record(request, decision, peer, effective, would=True)
+                return _audited(decision), body
             self._record(request, decision, peer, effective)
         return decision, body
+
+    def _auditing(self) -> bool:
+        return self.config.current().settings.extensions.audit_mode
 
     async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]:
         """After an allowed socket-mounting create: does the container have the judged image?"""
@@ -419,6 +428,11 @@ class Gate:
             commands=",".join(sorted(commands)),
             matched=",".join(verdict.matched),
             list_type=command_list.type.value,
+            list_source=(
+                "global"
+                if command_list is effective.settings.eci.socket_mount.command_list
+                else "eciAgent.commandLists"
+            ),
         )
         return _attributed(decision, client)
 
@@ -470,6 +484,20 @@ class Gate:
         return client
 
     async def _judge_create(self, body: GoObject) -> tuple[Decision, bytes | None]:
+        decision, rewritten = await self._judge_create_checks(body)
+        if decision.allowed or "image" in decision.details:
+            return decision, rewritten
+        image_text = body.field("Image", "")
+        if isinstance(image_text, str) and image_text:
+            # The reference as the create named it (for events and `eci-agent suggest`).
+            try:
+                named = str(parse_image_ref(image_text))
+            except InvalidReference:
+                named = image_text
+            decision = dataclasses.replace(decision, details={**decision.details, "image": named})
+        return decision, rewritten
+
+    async def _judge_create_checks(self, body: GoObject) -> tuple[Decision, bytes | None]:
         try:
             intents = create_mounts(body)
         except UnreadableMount as err:
@@ -568,6 +596,12 @@ class Gate:
             container_socket=self.config.container_socket,
             settings_where=self.config.settings_where(),
         )
+        if not decision.allowed and self._auditing() and all(e.rewritable for e in exposures):
+            # Audit mode lets it through: with the container-facing socket all the same, so
+            # what the container then asks is audited too (and checked to be this image).
+            sources = frozenset(e.source for e in exposures)
+            rewritten = _rewrite_create(body, self.config.container_socket, sources).encode()
+            return dataclasses.replace(decision, expect_image_id=image.id), rewritten
         if not decision.allowed or not decision.rewrites:
             return decision, None
         sources = frozenset(r.old_source for r in decision.rewrites)
@@ -614,7 +648,11 @@ class Gate:
                 decision = isolation
             elif isolation.rule != ALLOW.rule and not exposures:
                 decision = isolation
-        if not decision.allowed and (info.get("HostConfig") or {}).get("AutoRemove"):
+        if (
+            not decision.allowed
+            and not self._auditing()
+            and (info.get("HostConfig") or {}).get("AutoRemove")
+        ):
             # The engine removes an auto-remove container whose start failed, and `docker run
             # --rm` waits for that removal: do the same, or the client waits forever.
             try:
@@ -1059,12 +1097,14 @@ class Gate:
         # From memory when fresh; otherwise looked up (cached, refreshed, offline fallback).
         return await self.config.registry.answers(tuple(queries))
 
-    def _record(self, request: Request, decision: Decision, peer: Peer, eff: Effective) -> None:
+    def _record(
+        self, request: Request, decision: Decision, peer: Peer, eff: Effective, would: bool = False
+    ) -> None:
         events_log.warning(
             "%s",
             json.dumps(
                 {
-                    "event": "denied",
+                    "event": "would-deny" if would else "denied",
                     "time": time.time(),
                     "rule": decision.rule,
                     "status": decision.status,
@@ -1101,6 +1141,7 @@ class Gate:
             container_name=details.pop("container_name", None),
             commands=tuple(c for c in commands.split(",") if c),
             extra=details,
+            decision="would-deny" if would else "denied",
         )
 
 
@@ -1112,6 +1153,19 @@ def _preexisting(
     if str(info.get("HostConfig", {}).get("CgroupnsMode")) == "host" and engine.cgroup_v1:
         return [v for v in found if v.token != "--cgroupns=host"]
     return found
+
+
+def _audited(decision: Decision) -> Decision:
+    """What audit mode forwards instead of `decision` (a refusal): the same request, allowed.
+
+    A socket-mount create keeps its rewrite to the container-facing socket and the image check
+    after the create (see `_judge_create_socket`)."""
+    return Decision(
+        True,
+        rule=f"audited:{decision.rule}",
+        expect_image_id=decision.expect_image_id,
+        details={**decision.details, "would_deny": decision.message},
+    )
 
 
 def _attributed(decision: Decision, client: ClientContainer) -> Decision:

@@ -79,6 +79,8 @@ class AgentExtensions:
 
     image_command_lists: tuple[ImageCommandList, ...] = ()
     isolation_exceptions: tuple[IsolationException, ...] = ()
+    #: `eciAgent.auditMode`: record what would be denied, let it through (tuning, not safety).
+    audit_mode: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ IMAGE_LIST_FIELDS = ("images", "allowDerivedImages")
 COMMAND_LIST_FIELDS = ("type", "commands")
 #: eci-agent's own top-level key: Docker Desktop ignores it, so the file stays valid there.
 EXTENSION_KEY = "eciAgent"
-EXTENSION_FIELDS = ("commandLists", "isolationExceptions")
+EXTENSION_FIELDS = ("commandLists", "isolationExceptions", "auditMode")
 ISOLATION_EXCEPTION_FIELDS = ("images", "allow")
 IMAGE_COMMAND_LIST_FIELDS = ("images", "type", "commands")
 
@@ -392,6 +392,22 @@ def _isolation_exception(r: _Reader, entry: GoObject, path: str) -> IsolationExc
     return IsolationException(tuple(patterns), frozenset(allow))
 
 
+def _audit_mode(r: _Reader, root: GoObject, ext: AgentExtensions) -> AgentExtensions:
+    """`eciAgent.auditMode`: only the admin's file can turn it on; users have no switch."""
+    obj = root.field(EXTENSION_KEY)
+    if not isinstance(obj, GoObject):
+        return ext
+    path = f"{EXTENSION_KEY}.auditMode"
+    audit = r.boolean(obj.field("auditMode"), path, False)
+    if audit:
+        r.note(
+            path,
+            "audit mode: eci-agent records what it would deny and lets it through; this "
+            "machine is NOT protected while it is on",
+        )
+    return dataclasses.replace(ext, audit_mode=audit)
+
+
 def _isolation_exceptions(r: _Reader, root: GoObject, ext: AgentExtensions) -> AgentExtensions:
     """`eciAgent.isolationExceptions`: named host powers per image (see `IsolationException`)."""
     obj = root.field(EXTENSION_KEY)
@@ -451,7 +467,9 @@ def parse_settings(data: bytes, source: str | None = None) -> AdminSettings:
     r = _Reader()
     version = _version(r, root_value)
     eci = _eci(r, root_value)
-    extensions = _isolation_exceptions(r, root_value, _extensions(r, root_value))
+    extensions = _audit_mode(
+        r, root_value, _isolation_exceptions(r, root_value, _extensions(r, root_value))
+    )
     ours = {gojson.fold(k) for k in (ECI_KEY, "configurationFileVersion", EXTENSION_KEY)}
     ignored: list[str] = []
     known = {gojson.fold(k) for k in DOCKER_DESKTOP_KEYS}

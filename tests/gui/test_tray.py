@@ -42,6 +42,12 @@ def test_tray_follows_the_agent_status(qtbot: Any) -> None:
     with qtbot.assertNotEmitted(tray.changed):
         tray.refresh()
 
+    source.answer = {"enforcing": False, "audit": True, "locked": True}
+    tray.refresh()
+    assert tray.view.level is Level.AUDIT
+    assert "NOT PROTECTED" in tray.icon.toolTip()
+    assert tray.title_action.text() == "Enhanced Container Isolation: AUDIT ONLY"
+
 
 def test_control_client_reports_a_missing_agent(tmp_path: Any) -> None:
     client = ControlClient(str(tmp_path / "nothing.sock"))

@@ -1164,3 +1164,22 @@ def test_eci_agent_typo_at_top_level_is_suggested() -> None:
     assert settings.ignored_keys == ("eciAgnet",)
     (note,) = settings.notes
     assert "did you mean 'eciAgent'?" in note.message
+
+
+@pytest.mark.parametrize(("value", "audit"), [(True, True), (False, False), (None, False)])
+def test_eci_agent_audit_mode(value: Any, audit: bool) -> None:
+    doc = {"configurationFileVersion": 2, ECI: {"value": True, "locked": True}}
+    doc["eciAgent"] = {"auditMode": value}
+    settings = parse_settings(json.dumps(doc).encode())
+    assert settings.extensions.audit_mode is audit
+    warned = [n for n in settings.notes if n.json_path == "eciAgent.auditMode"]
+    assert bool(warned) is audit
+    if audit:
+        assert "NOT protected" in warned[0].message
+
+
+def test_eci_agent_audit_mode_must_be_a_boolean() -> None:
+    doc = {"configurationFileVersion": 2, ECI: {"value": True}, "eciAgent": {"auditMode": "yes"}}
+    with pytest.raises(SettingsInvalid) as err:
+        parse_settings(json.dumps(doc).encode())
+    assert any(p.json_path == "eciAgent.auditMode" for p in err.value.problems)
