@@ -18,6 +18,7 @@ from typing import Any
 
 from agent import paths
 from agent.cli import control_cmds, registry_cmds
+from agent.service import systemd
 from agent.settings.loader import Missing, Refused, load_settings
 from agent.settings.model import AdminSettings
 
@@ -185,10 +186,19 @@ async def _serve(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else paths.default_state_dir()
     runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        activated = systemd.activated_sockets()
+        activated_paths = {name: systemd.socket_path(s) for name, s in activated.items()}
+    except systemd.ActivationError as err:
+        raise SystemExit(f"eci-agent run: socket activation: {err}") from None
     container_dir = runtime_dir / "container"
     container_dir.mkdir(exist_ok=True, mode=0o755)
-    container_socket = str(container_dir / "docker.sock")
-    listen = os.path.abspath(args.listen)
+    container_socket = activated_paths.get("container") or str(container_dir / "docker.sock")
+    if "host" not in activated and not args.listen:
+        raise SystemExit("eci-agent run: give --listen PATH (or start it socket-activated)")
+    listen = activated_paths.get("host") or os.path.abspath(args.listen)
+    if "control" in activated_paths:
+        args.control = activated_paths["control"]
     if listen == args.engine:
         raise SystemExit("eci-agent run: --listen and --engine must be different sockets")
 
@@ -242,26 +252,39 @@ async def _serve(args: argparse.Namespace) -> int:
         listener="host",
         mode=args.listen_mode,
         group=_group_id(args.listen_group),
+        sock=activated.get("host"),
     )
-    container = ProxyListener(container_socket, pool, gate, listener="container", mode=0o666)
+    container = ProxyListener(
+        container_socket,
+        pool,
+        gate,
+        listener="container",
+        mode=0o666,
+        sock=activated.get("container"),
+    )
+    notifier = systemd.Notifier()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await digests.start()
     await host.start()
     await container.start()
-    await services.start()
+    await services.start(sock=activated.get("control"))
     log.info(
-        "eci-agent enforcing in front of %s: listening on %s (containers get %s); settings %s",
+        "eci-agent enforcing in front of %s: listening on %s (containers get %s); settings %s%s",
         args.engine,
         listen,
         container_socket,
         settings_path,
+        f"; socket-activated: {', '.join(sorted(activated))}" if activated else "",
     )
+    notifier.notify(f"READY=1\nSTATUS=serving {listen}\nMAINPID={os.getpid()}")
+    notifier.start_watchdog()
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        await notifier.stop()
         await host.stop()
         await container.stop()
         await pool.close()
@@ -272,10 +295,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if systemd.under_journald():
+        handler = logging.StreamHandler()
+        handler.setFormatter(systemd.JournalFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not os.path.exists(args.engine):
         log.warning("engine socket %s does not exist (yet); requests will fail", args.engine)
     _install_loop_policy()
@@ -317,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=engine_path,
         help="the real engine socket (path or unix:// URL)",
     )
-    run.add_argument("--listen", required=True, help="the socket clients use (DOCKER_HOST)")
+    run.add_argument(
+        "--listen",
+        help="the socket clients use (DOCKER_HOST); with socket activation, the fd named host",
+    )
     run.add_argument(
         "--listen-mode",
         type=lambda v: int(v, 8),
