@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import paths
-from agent.cli import control_cmds, registry_cmds
+from agent.cli import control_cmds, doctor_cmds, features_cmds, registry_cmds
 from agent.service import systemd
 from agent.settings.loader import Missing, Refused, load_settings
 from agent.settings.model import AdminSettings
@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     registry_cmds.add_parsers(sub)
     control_cmds.add_parsers(sub)
+    features_cmds.add_parsers(sub)
+    doctor_cmds.add_parsers(sub)
     return parser
 
 

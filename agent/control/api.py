@@ -94,7 +94,7 @@ class ControlProvider(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def features(self) -> dict[str, Any]: ...
+    async def features(self) -> dict[str, Any]: ...
 
     def lock_reason(self) -> str | None:
         """None when ECI is unlocked (actions allowed); otherwise the reason they are not."""
@@ -239,7 +239,7 @@ class ControlApp:
         return Reply(200, await self.provider.status())
 
     async def _features(self, request: Request, caller: Caller) -> Reply:
-        return Reply(200, self.provider.features())
+        return Reply(200, await self.provider.features())
 
     async def _events(self, request: Request, caller: Caller) -> Reply | Stream:
         store = self.provider.events

@@ -96,6 +96,7 @@ class AgentServices:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Serve the control API (on `sock` when given, e.g. from socket activation)."""
+        self._socket_activated = sock is not None
         self.server = ControlServer(
             self.config.control_path,
             self.app,
@@ -239,33 +240,58 @@ class AgentServices:
             "removedOld": outcome.removed_old,
         }
 
-    def features(self) -> dict[str, Any]:
-        locked = self.state.current.settings.eci.locked
-        return {
-            "features": [
-                _feature("socket-mount-image-list", "enforced"),
-                _feature(
-                    "socket-mount-command-list",
-                    "enforced",
-                    "on requests from containers; per-image lists under eciAgent.commandLists",
-                ),
-                _feature(
-                    "user-eci-switch",
-                    "locked" if locked else "available",
-                    "POST /v1/eci; only while enhancedContainerIsolation.locked is false",
-                ),
-                _feature("event-store", "enabled", str(self.store.path)),
-                _feature("control-api", "enabled", self.config.control_path),
-                _feature(
-                    "repull",
-                    "available" if self.digests is not None and not locked else "locked",
-                    "POST /v1/repull; only while enhancedContainerIsolation.locked is false "
-                    "(root can always run `eci-agent repull`)",
-                ),
-                _feature("audit-mode", "unavailable", "not implemented yet"),
-                _feature("socket-activation", "unavailable", "not implemented yet"),
-            ]
-        }
+    async def features(self) -> dict[str, Any]:
+        """What this machine and the settings in force give (`agent.control.features`), with
+        the agent's own services first."""
+        from agent.control.features import evaluate, load_default_table, mode_of, platform_from
+        from agent.policy.isolation import engine_isolation
+
+        effective = self.state.current
+        settings = effective.settings
+        locked = settings.eci.locked
+        version, info = await self._engine_facts()
+        services = [
+            _feature(
+                "user-eci-switch",
+                "locked" if locked else "available",
+                "POST /v1/eci; only while enhancedContainerIsolation.locked is false",
+            ),
+            _feature("event-store", "enabled", str(self.store.path)),
+            _feature("control-api", "enabled", self.config.control_path),
+            _feature(
+                "repull",
+                "available" if self.digests is not None and not locked else "locked",
+                "POST /v1/repull; only while enhancedContainerIsolation.locked is false "
+                "(root can always run `eci-agent repull`)",
+            ),
+            _feature(
+                "socket-activation",
+                "in use" if getattr(self, "_socket_activated", False) else "available",
+                "systemd units eci-agent.socket, eci-agent-container.socket and "
+                "eci-agent-control.socket hand the agent its sockets, which outlive restarts",
+            ),
+        ]
+        report = evaluate(
+            load_default_table(),
+            settings,
+            platform=platform_from(version, info),
+            engine=engine_isolation(info) if info is not None else None,
+            mode=mode_of(effective.eci_enabled, settings.extensions.audit_mode),
+            extra_rows=[{**row, "kind": "service"} for row in services],
+        )
+        return report.to_dict()
+
+    async def _engine_facts(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """`GET /version` and `GET /info`, each None when the engine does not answer it."""
+        version: dict[str, Any] | None = None
+        info: dict[str, Any] | None = None
+        try:
+            version = await self.engine.version()
+            answer = await self.engine.get_json("/info")
+            info = answer if isinstance(answer, dict) else None
+        except (EngineError, TypeError, ValueError):
+            pass
+        return version, info
 
     async def status(self) -> dict[str, Any]:
         effective = self.state.current

@@ -43,7 +43,7 @@ class Provider:
     async def status(self) -> dict[str, Any]:
         return {"enforcing": True, "locked": self.locked is not None}
 
-    def features(self) -> dict[str, Any]:
+    async def features(self) -> dict[str, Any]:
         return {"features": []}
 
     def lock_reason(self) -> str | None:
