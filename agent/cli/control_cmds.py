@@ -209,6 +209,16 @@ def print_status(doc: Mapping[str, Any]) -> None:
     dropped = events.get("dropped") or 0
     line = f"  events: {events.get('path')}, last id {events.get('lastId')}"
     print(line + (f", {dropped} dropped" if dropped else ""))
+    isolation = doc.get("isolation") or {}
+    for line in str(isolation.get("text") or isolation.get("error") or "").splitlines():
+        print(f"  {line}")
+    for c in isolation.get("refusedToStart") or []:
+        print(
+            f"  made before enforcement, refused on start: {c['name']} ({c['image']}): "
+            f"{', '.join(c['refused'])}; fix: {c['fix']}"
+        )
+    for item in doc.get("needsRepull") or []:
+        print(f"  needs re-pull: {item['image']}: fix: {item['fix']}")
     agent = doc.get("agent") or {}
     print(f"  agent: eci-agent {agent.get('version')}, pid {agent.get('pid')}")
 

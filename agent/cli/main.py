@@ -244,6 +244,7 @@ async def _serve(args: argparse.Namespace) -> int:
             events=services.store,
         )
     )
+    services.attach_gate(gate)
     pool = EnginePool(args.engine)
     host = ProxyListener(
         listen,

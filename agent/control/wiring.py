@@ -68,6 +68,10 @@ class ServicesConfig:
         return 0o660 if self.control_group is not None else 0o600
 
 
+#: How long the list of containers ECI would refuse to start is reused in status.
+PREEXISTING_TTL = 10.0
+
+
 class AgentServices:
     """See the module doc. Implements `agent.control.api.ControlProvider`."""
 
@@ -91,6 +95,8 @@ class AgentServices:
         self._engine_error: str | None = None
         self._probe: asyncio.Task[None] | None = None
         self.digests: DigestService | None = None
+        self.gate: Any = None  # the proxy's Gate: isolation facts and pre-existing containers
+        self._preexisting: tuple[float, list[dict[str, Any]]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -182,6 +188,46 @@ class AgentServices:
             "message": change.message,
             "enforcing": effective.eci_enabled,
             "userChoice": effective.user_choice,
+        }
+
+    def attach_gate(self, gate: Any) -> None:
+        self.gate = gate
+
+    async def _isolation(self) -> dict[str, Any] | None:
+        """The host's isolation level, and containers ECI would not let start (cached 30 s)."""
+        if self.gate is None:
+            return None
+        from agent.policy.isolation import isolation_status
+
+        try:
+            engine = await self.gate.engine_isolation()
+        except (EngineError, OSError) as err:
+            return {"error": f"cannot ask the engine: {err}"}
+        now = time.monotonic()
+        if self._preexisting is None or now - self._preexisting[0] > PREEXISTING_TTL:
+            try:
+                found = await self.gate.preexisting_containers()
+            except (EngineError, OSError) as err:
+                return {"text": isolation_status(engine), "error": str(err)}
+            listed = [
+                {
+                    "id": cid,
+                    "name": cname,
+                    "image": image,
+                    "refused": [v.option for v in violations],
+                    "fix": f"docker rm {cname or cid[:12]}, then create it again",
+                }
+                for cid, cname, image, violations in found
+            ]
+            self._preexisting = (now, listed)
+        text = isolation_status(engine)
+        return {
+            "level": text.split("\n", 1)[0].removeprefix("isolation: ").split(" - ", 1)[0],
+            "text": text,
+            "sysbox": engine.has_sysbox,
+            "usernsRemap": engine.userns_remap,
+            "rootless": engine.rootless,
+            "refusedToStart": self._preexisting[1],
         }
 
     def attach_digests(self, digests: DigestService) -> None:
@@ -332,6 +378,7 @@ class AgentServices:
             },
             "engine": engine,
             "listeners": {**self.config.listeners, "control": self.config.control_path},
+            "isolation": await self._isolation(),
             "registry": self.digests.status() if self.digests is not None else None,
             "needsRepull": (
                 [i.as_event() for i in self.digests.needs_repull()]

@@ -193,3 +193,32 @@ def test_only_root_and_the_control_group_may_ask(group_agent: AgentProcess) -> N
     os.chmod(group_agent.control, 0o666)
     out = as_nobody(group_agent.control, [])
     assert out.startswith("refused 403 uid 65534 may not use the eci-agent control API"), out
+
+
+def test_status_names_the_isolation_level_and_containers_refused_on_start(
+    agent: AgentProcess, stack: Any, direct: Any, name: str
+) -> None:
+    # Made straight on the engine, as before the agent ran.
+    direct("create", "--name", name, "--network", "none", "--privileged",
+           stack.images["busybox"], check=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20  # the list is refreshed every 10 s at most
+        while True:
+            r = eci_agent("status", "--json", "--control", agent.control)
+            assert r.returncode == 0, r.stderr
+            isolation = json.loads(r.stdout)["isolation"]
+            names = [c["name"] for c in isolation["refusedToStart"]]
+            if name in names or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert name in names, isolation
+        (entry,) = [c for c in isolation["refusedToStart"] if c["name"] == name]
+        assert "--privileged" in entry["refused"]
+        info = json.loads(direct("info", "--format", "{{json .SecurityOptions}}").stdout)
+        remapped = any("name=userns" in o for o in info)
+        assert isolation["usernsRemap"] is remapped
+        assert isolation["level"] == ("user namespaces" if remapped else "API checks only")
+        human = eci_agent("status", "--control", agent.control).stdout
+        assert f"made before enforcement, refused on start: {name}" in human
+    finally:
+        direct("rm", "-f", name)
