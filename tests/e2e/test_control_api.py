@@ -111,23 +111,39 @@ def test_a_denied_socket_mount_is_an_event(
     assert event["settingsSha256"] == agent.current_sha
 
 
-def test_actions_are_refused_while_locked_and_allowed_when_not(agent: AgentProcess) -> None:
+def test_actions_are_refused_while_locked_and_allowed_when_not(
+    agent: AgentProcess, via_agent: Any, direct: Any, stack: Any, name: str
+) -> None:
+    def socket_mount() -> bool:
+        r = via_agent("create", "--name", name, "--network", "none",
+                      "-v", "/var/run/docker.sock:/s", stack.images["busybox"])  # fmt: skip
+        made = direct("inspect", name).returncode == 0  # the engine says, not the agent
+        direct("rm", "-f", name)
+        assert made == (r.returncode == 0), r.stderr
+        return made
+
     client = ControlClient(agent.control)
     with pytest.raises(Refused) as refused:
         client.post("/v1/eci", {"enabled": False})
     assert refused.value.status == 403
     assert "locked by the administrator" in str(refused.value)
     assert client.get("/v1/status")["enforcing"] is True
+    assert not socket_mount()
 
     agent.set_settings(settings_with(locked=False))
     try:
         assert client.post("/v1/eci", {"enabled": False})["enforcing"] is False
         assert client.get("/v1/status")["enforcing"] is False
+        assert socket_mount(), "switched off: at once pure pass-through"
+        assert client.post("/v1/eci", {"enabled": True})["enforcing"] is True
+        assert not socket_mount()
+        assert client.post("/v1/eci", {"enabled": False})["enforcing"] is False
         switched = events(agent, "--kind", "eci-switched", "--limit", "1")
         assert switched[-1]["uid"] == os.geteuid() and switched[-1]["extra"]["userChoice"] is False
     finally:
         agent.set_settings(DEFAULT_SETTINGS)  # locked again: the user's choice no longer applies
     assert client.get("/v1/status")["enforcing"] is True
+    assert not socket_mount()
 
 
 # -- who may ask: a second agent whose control group is `adm` ---------------------------------
