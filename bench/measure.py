@@ -1,9 +1,10 @@
 """The measurements: each runs the same client code against both targets, taking turns.
 
-A "target" is a unix socket path: the engine's own socket ("direct") or the agent's listen
-socket ("proxy"). Every function here takes `targets` (name -> socket) and an `order(i)` that
-says which target goes first in round `i` (A B, then B A, ...), so slow drift of the machine
-falls on both targets alike.
+A "target" is a unix socket path: the engine's own socket ("direct"), the agent's listen
+socket ("proxy"), or the reference floor's (`bench/floor.py`, "floor": a hop that parses
+nothing). Every function here takes `targets` (name -> socket) and an `order(i)` that says in
+which order the targets go in round `i` (A B C, then C B A, ...), so slow drift of the
+machine falls on all targets alike; names in `order(i)` that are not in `targets` are skipped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from bench.client import (
 Targets = Mapping[str, str]
 Order = Callable[[int], tuple[str, ...]]
 MiB = 1024 * 1024
+
+
+def _turns(order: Order, i: int, targets: Targets) -> list[str]:
+    return [t for t in order(i) if t in targets]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -112,10 +117,10 @@ def small_requests(
     samples: dict[str, list[float]] = {t: [] for t in targets}
     proxy_requests = 0
     label = f"small {path} {'fresh' if fresh else 'kept-alive'}"
-    fn(targets["direct"], raw, 50, 1.0)  # warm both paths (pool, caches)
-    fn(targets["proxy"], raw, 50, 1.0)
+    for sock in targets.values():  # warm every path (pool, caches)
+        fn(sock, raw, 50, 1.0)
     for i in range(rounds):
-        for t in order(i):
+        for t in _turns(order, i, targets):
             if t == "proxy" and agent_cpu is not None:
                 with agent_cpu.measure(label):
                     got = fn(targets[t], raw, count, budget)
@@ -184,7 +189,7 @@ def create_remove(
     create: dict[str, list[float]] = {t: [] for t in targets}
     total: dict[str, list[float]] = {t: [] for t in targets}
     for i in range(rounds):
-        for t in order(i):
+        for t in _turns(order, i, targets):
             deadline = time.monotonic() + budget
             for _ in range(per_round):
                 c, r = create_remove_once(targets[t], body)
@@ -315,11 +320,11 @@ def streams(
         get_archive(t, container, MiB)
         exec_stream(t, container, 4)
     for i in range(rounds):
-        for t in order(i):
+        for t in _turns(order, i, targets):
             out["cp_in"].mib_per_s[t].append(cp_mib / put_archive(targets[t], container, size))
-        for t in order(i + 1):
+        for t in _turns(order, i + 1, targets):
             out["cp_out"].mib_per_s[t].append(cp_mib / get_archive(targets[t], container, size))
-        for t in order(i):
+        for t in _turns(order, i, targets):
             dt, _ = exec_stream(targets[t], container, exec_mib)
             out["exec"].mib_per_s[t].append(exec_mib / dt)
     return out
@@ -390,7 +395,7 @@ def concurrent(
     label = f"load {path}"
     proxy_requests = 0
     for i in range(rounds):
-        for t in order(i):
+        for t in _turns(order, i, targets):
             if t == "proxy" and agent_cpu is not None:
                 with agent_cpu.measure(label):
                     res = concurrent_load(targets[t], raw, clients, seconds)

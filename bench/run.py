@@ -39,7 +39,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 
 @dataclass(frozen=True)
 class Plan:
-    rounds: int  # rounds per case; each round runs both targets, order alternating
+    rounds: int  # rounds per case; each round runs every target, order alternating
     small_count: int  # requests per target per round (small requests)
     small_budget: float  # seconds per target per round, at most
     create_per_round: int
@@ -102,7 +102,35 @@ class RssSampler(threading.Thread):
 
 
 def _order(i: int) -> tuple[str, ...]:
-    return ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
+    turns = ("direct", "proxy", "floor")
+    return turns if i % 2 == 0 else turns[::-1]
+
+
+class Floor:
+    """The reference floor (`bench/floor.py`) as a subprocess: a hop that parses nothing."""
+
+    def __init__(self, listen: str, engine: str) -> None:
+        self.listen = listen
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", listen, engine],
+            cwd=str(ROOT),
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not m.socket_ok(listen):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("bench.floor did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
 
 def _log(msg: str) -> None:
@@ -163,7 +191,7 @@ def _git_state() -> str:
     return f"commit {commit}" + (" + uncommitted changes in agent/" if dirty else "")
 
 
-def run(plan: Plan, quick: bool) -> Report:
+def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
     from tests.e2e.agent_process import AgentProcess, settings_with
     from tests.env import Stack
 
@@ -178,6 +206,7 @@ def run(plan: Plan, quick: bool) -> Report:
         agent = AgentProcess(workdir, engine)
         worker = ""
         sampler: RssSampler | None = None
+        ref: Floor | None = None
         try:
             agent.start(settings_with([dockercli]))
             assert agent.proc is not None
@@ -189,6 +218,11 @@ def run(plan: Plan, quick: bool) -> Report:
             cpu0 = m.proc_cpu_seconds(pid)
             report.machine = _machine(engine, stack.docker_cli or "docker")
             targets = {"direct": engine, "proxy": agent.listen}
+            # The small requests, streams and load also go through the reference floor.
+            measured = dict(targets)
+            if floor:
+                ref = Floor(str(workdir / "floor.sock"), engine)
+                measured["floor"] = ref.listen
             foreign = m.ForeignLoad([str(stack.tmpdir), str(workdir)], stack.cgroup_parent)
 
             def checkpoint(label: str) -> None:
@@ -210,7 +244,7 @@ def run(plan: Plan, quick: bool) -> Report:
                     kind = "fresh" if fresh else "kept-alive"
                     _log(f"small requests: {path} {kind}")
                     report.small[(path, fresh)] = m.small_requests(
-                        targets,
+                        measured,
                         _order,
                         path,
                         fresh,
@@ -247,7 +281,7 @@ def run(plan: Plan, quick: bool) -> Report:
             _log(f"streams: {plan.cp_mib} MiB archive each way, {plan.exec_mib} MiB exec")
             with cpu.measure("streams"):
                 report.streams = m.streams(
-                    targets, _order, worker, plan.stream_rounds, plan.cp_mib, plan.exec_mib
+                    measured, _order, worker, plan.stream_rounds, plan.cp_mib, plan.exec_mib
                 )
             env = stack.docker_env()
             for name, sock in targets.items():
@@ -259,7 +293,7 @@ def run(plan: Plan, quick: bool) -> Report:
             for path in ("/_ping", "/containers/json"):
                 _log(f"{plan.clients} concurrent clients: {path}")
                 report.load[path] = m.concurrent(
-                    targets,
+                    measured,
                     _order,
                     path,
                     plan.clients,
@@ -287,6 +321,9 @@ def run(plan: Plan, quick: bool) -> Report:
             if sampler is not None:
                 with contextlib.suppress(Exception):
                     sampler.stop()
+            if ref is not None:
+                with contextlib.suppress(Exception):
+                    ref.stop()
             if worker:
                 m.remove_container(engine, worker)
             try:
@@ -307,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="write docs/BENCHMARKS.md (--quick)")
     p.add_argument("--no-write", action="store_true", help="do not write docs/BENCHMARKS.md")
     p.add_argument("--output", type=Path, default=DOC, help=f"default: {DOC}")
+    p.add_argument(
+        "--no-floor", action="store_true", help="skip the reference floor (bench/floor.py)"
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (it starts a private dockerd)", file=sys.stderr)
@@ -316,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     plan = QUICK if args.quick else FULL
-    report = run(plan, args.quick)
+    report = run(plan, args.quick, floor=not args.no_floor)
     print(render_text(report))
     write = (args.write or not args.quick) and not args.no_write
     if write:

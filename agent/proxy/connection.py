@@ -63,6 +63,10 @@ HIJACK_CONTENT_TYPES = (
 )
 
 _TERM = b"\r\n\r\n"
+_TAIL = _TERM[1:]
+_CR_LF = (13, 10)
+#: Up to this many bytes are searched for a CRLFCRLF in one go (see `_find_end`).
+_SHORT = 4096
 #: What a header value may never hold once parsed (llhttp already refuses these; checked again
 #: because a value is written back to the engine as is).
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
@@ -317,7 +321,8 @@ def _chunked_body_msg() -> _Msg:
 def _next_end(tail: bytes, buf: bytes, pos: int) -> int:
     """Index just past the first CRLFCRLF that ends in `buf[pos:]` (the `tail` was fed just
     before `buf[pos]`), or -1."""
-    if tail:
+    # A CRLFCRLF straddling the two must start its part in `buf` with a CR or an LF.
+    if tail and buf[pos] in _CR_LF:
         probe = tail + buf[pos : pos + 3]
         i = probe.find(_TERM)
         if i >= 0:
@@ -330,7 +335,11 @@ def _find_end(buf: bytes, pos: int) -> int:
 
     A one-byte search is a vectorised memchr, a four-byte one is not (~30x slower over a
     256 KiB read of a tar stream): look at the LFs while they are sparse (binary data, chunk
-    framing), then search for the whole (text)."""
+    framing), then search for the whole (text). A short buffer (a request or response head)
+    is searched at once."""
+    if len(buf) - pos <= _SHORT:
+        i = buf.find(_TERM, pos)
+        return i + 4 if i >= 0 else -1
     start = pos
     find = buf.find
     for _ in range(8 + ((len(buf) - pos) >> 11)):  # up to one LF in 2 KiB: chunk framing
@@ -356,7 +365,13 @@ def _feed(msg: _Msg, buf: bytes, pos: int, until_head: bool) -> int:
     n = len(buf)
     view: memoryview | None = None
     while pos < n:
-        end = _next_end(msg.tail, buf, pos)
+        # `_next_end(msg.tail, buf, pos)`, inlined for short data (a head in one piece).
+        if n - pos <= _SHORT and not (msg.tail and buf[pos] in _CR_LF):
+            end = buf.find(_TERM, pos)
+            if end >= 0:
+                end += 4
+        else:
+            end = _next_end(msg.tail, buf, pos)
         at_term = end >= 0
         if not at_term:
             end = n
@@ -381,7 +396,10 @@ def _feed(msg: _Msg, buf: bytes, pos: int, until_head: bool) -> int:
             if not (ev.done and _is_101(parser)):
                 raise
             ev.upgraded = True
-        msg.tail = buf[end - 3 : end] if end - pos >= 3 else (msg.tail + buf[pos:end])[-3:]
+        if at_term:
+            msg.tail = _TAIL  # the last 3 bytes of a CRLFCRLF
+        else:
+            msg.tail = buf[end - 3 : end] if end - pos >= 3 else (msg.tail + buf[pos:end])[-3:]
         msg.fed += end - pos
         pos = end
         if ev.done if not until_head else ev.head_done:
@@ -622,6 +640,7 @@ class ProxyConnection:
             raise _Malformed(505, f"HTTP/{version} is not supported")
         headers: list[tuple[bytes, bytes]] = []
         lnames: list[bytes] = []
+        values: list[bytes] = []
         length: bytes | None = None
         transfer: bytes | None = None
         hosts = 0
@@ -629,10 +648,11 @@ class ProxyConnection:
         connection: list[bytes] = []
         drop = False
         assert isinstance(ev, _RequestEvents)
+        fields = _REQUEST_FIELDS
         for name, value in ev.headers:
             value = value.rstrip(_OWS)
             lname = name.lower()
-            kind = _REQUEST_FIELDS.get(lname)
+            kind = fields.get(lname)
             if kind is not None:
                 if kind == 0:  # content-length
                     if length is not None:
@@ -652,7 +672,8 @@ class ProxyConnection:
                         expect = value.lower() == b"100-continue"
             headers.append((name, value))
             lnames.append(lname)
-        if _BAD_VALUE.search(b"".join([v for _, v in headers])):
+            values.append(value)
+        if _BAD_VALUE.search(b"".join(values)):
             raise _Malformed(400, "malformed request: bad header value")
         if length is not None and transfer is not None:
             raise _Malformed(
@@ -839,6 +860,9 @@ class ProxyConnection:
         head = ex.head
         body = ex.engine_body
         decision = ex.decision
+        # Always written from the parsed parts, never passed on as received: forwarding a head
+        # that is already byte for byte what we would write was tried and measured (2026-11,
+        # see docs/BENCHMARKS.md): proving the equality costs more than writing it.
         target = decision.target.encode("latin-1") if decision and decision.target else ex.target
         if body is None and not ex.drop:
             fields = [b"%s: %s\r\n" % h for h in head.headers]
@@ -986,14 +1010,14 @@ class ProxyConnection:
                 chunked = value.rstrip(_OWS).lower().endswith(b"chunked")
                 framed = True
             elif size == 12:  # content-type
-                ctype = value.split(b";", 1)[0].strip().lower()
+                ctype = value
             else:  # connection
                 connection.append(value)
         head = ex.head
         if (
             status == 200
             and not framed
-            and ctype in HIJACK_CONTENT_TYPES
+            and ctype.split(b";", 1)[0].strip().lower() in HIJACK_CONTENT_TYPES
             and head.method == "POST"
             and _is_hijack_path(head.target)
         ):

@@ -639,3 +639,100 @@ def test_leading_empty_lines_before_a_request_are_skipped() -> None:
     c = new()
     (judge,) = judges(c.client_data(b"\r\n\r\n" + PING))
     assert judge.request.head.target == "/_ping"
+
+
+def _reserialized(head: RequestHead) -> bytes:
+    """The request head as the proxy writes it from the parsed parts."""
+    fields = b"".join(b"%s: %s\r\n" % h for h in head.headers)
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (head.method.encode(), head.target.encode(), fields)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /_ping HTTP/1.1\r\nHost: d\r\nUser-Agent: Docker-Client/28 (linux)\r\n\r\n",
+        b"GET /a?b=c:%20d HTTP/1.1\r\nHost: h:2375\r\nX-A: b:  c\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost:d\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost:  d\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost: d \r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost:\td\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost: d\r\nX-Empty:\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\nHost:d\r\nX-A:  b\r\n\r\n",
+        b"\r\nGET /_ping HTTP/1.1\r\nHost: d\r\n\r\n",
+    ],
+)
+def test_the_engine_gets_the_head_written_from_what_was_judged(raw: bytes) -> None:
+    c = new()
+    (judge,) = judges(c.client_data(raw))
+    assert sent_engine(c.judged(ALLOW)) == _reserialized(judge.request.head)
+
+
+def test_a_head_in_two_reads_or_with_a_dropped_header_is_written_from_its_parts() -> None:
+    c = new()
+    assert c.client_data(b"GET /_ping HTTP/1.1\r\nHo") == []
+    (judge,) = judges(c.client_data(b"st: d\r\n\r\n"))
+    assert sent_engine(c.judged(ALLOW)) == _reserialized(judge.request.head)
+    c = new()
+    raw = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nExpect: 100-continue\r\n"
+    (judge,) = judges(c.client_data(raw + b"Content-Length: 1\r\n\r\n"))
+    head = sent_engine(c.judged(ALLOW))
+    assert head.startswith(b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\n")
+    assert b"Expect" not in head and b"Content-Length: 1\r\n" in head
+
+
+def test_a_pinned_target_is_what_the_engine_gets() -> None:
+    c = new()
+    judges(c.client_data(b"POST /containers/web/start HTTP/1.1\r\nHost: d\r\n\r\n"))
+    pinned = Decision(True, 200, "", "", target="/containers/0123abcd/start")
+    want = b"POST /containers/0123abcd/start HTTP/1.1\r\nHost: d\r\n\r\n"
+    assert sent_engine(c.judged(pinned)) == want
+
+
+def _drive(pieces: list[bytes], engine: list[bytes]) -> tuple[list[str], bytes, bytes]:
+    """Feed client `pieces`, answering every judge with ALLOW and every forwarded request
+    with the next engine response (itself fed byte by byte); returns (judged targets, bytes
+    sent to the engine, bytes sent to the client)."""
+    c = new()
+    judged: list[str] = []
+    to_engine = b""
+    to_client = b""
+    answers = list(engine)
+
+    def run(cmds: list[Command]) -> None:
+        nonlocal to_engine, to_client
+        for cmd in cmds:
+            if isinstance(cmd, Judge):
+                judged.append(cmd.request.head.target)
+                run(c.judged(ALLOW))
+            elif isinstance(cmd, SendEngine):
+                to_engine += cmd.data
+                if to_engine.endswith((b"\r\n\r\n", b"{}")) and answers:
+                    for i in range(len(answer := answers.pop(0))):
+                        run(c.engine_data(answer[i : i + 1]))
+            elif isinstance(cmd, SendClient):
+                to_client += cmd.data
+
+    for piece in pieces:
+        run(c.client_data(piece))
+    return judged, to_engine, to_client
+
+
+def test_any_cut_of_the_same_bytes_is_read_the_same_way() -> None:
+    stream = (
+        b"GET /a HTTP/1.1\r\nHost: d\r\n\r\n"
+        b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost:  d\r\n\r\n"
+    )
+    engine = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}",
+        PONG,
+    ]
+    want = _drive([stream], engine)
+    assert want[0] == ["/a", "/containers/create", "/c"]
+    assert want[1].count(b"HTTP/1.1\r\n") == 3 and b"Host: d\r\n\r\n" in want[1]
+    assert want[2].count(b"HTTP/1.1 2") == 3
+    for cut in range(1, len(stream)):
+        assert _drive([stream[:cut], stream[cut:]], engine) == want, cut
+    assert _drive([stream[i : i + 1] for i in range(len(stream))], engine) == want

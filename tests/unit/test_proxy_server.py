@@ -13,7 +13,7 @@ import pytest
 
 from agent.policy.decide import ALLOW, Decision, deny
 from agent.proxy.connection import Request, RequestHead, Verify
-from agent.proxy.server import HIGH_WATER, EnginePool, Peer, ProxyListener
+from agent.proxy.server import HIGH_WATER, SNDBUF, EnginePool, Peer, ProxyListener
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n"
 PONG = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
@@ -278,3 +278,31 @@ def test_no_engine_closes_the_client() -> None:
                 await pool.close()
 
     run(main())
+
+
+def test_engine_connections_get_the_larger_send_buffer() -> None:
+    def sndbuf(transport: asyncio.BaseTransport | None) -> int:
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+    async def main() -> None:
+        async with rig(pong_forever) as rg:
+            r, w = await rg.client()
+            w.write(PING)
+            await read_head(r)
+            (session,) = rg.listener._sessions
+            assert session.engine is not None
+            # The kernel doubles what it is given (and caps it at wmem_max unless forced).
+            assert sndbuf(session.engine.transport) >= min(SNDBUF, _wmem_max())
+            w.close()
+
+    run(main())
+
+
+def _wmem_max() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except OSError:
+        return 0
