@@ -13,17 +13,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import keyring
-import keyring.backend
-from keyring.errors import KeyringError
+from typing import TYPE_CHECKING, Any
 
 from agent import paths
 from agent.registry.cache import CACHE_FILE
 from agent.registry.client import Credentials, RegistryClient, RegistryError
 from agent.registry.credentials import (
     CredentialsError,
+    CredentialSource,
     CredentialStore,
     auth_key_domain,
     load_docker_config,
@@ -32,7 +29,15 @@ from agent.registry.credentials import (
     systemd_credentials_dir,
 )
 from agent.registry.digests import DigestService
-from agent.registry.keyring_backend import DIR_NAME, FILE_NAME, RootFileKeyring
+from agent.registry.root_file import (
+    DIR_NAME,
+    FILE_NAME,
+    CredentialsFileError,
+    RootCredentialsFile,
+)
+
+if TYPE_CHECKING:
+    import keyring.backend
 from agent.registry.refresh import DEFAULT_INTERVAL, MAX_INTERVAL, MIN_INTERVAL, Schedule
 from agent.settings.model import Effective
 
@@ -96,11 +101,24 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def keyring_backend(kind: str, state_dir: Path) -> keyring.backend.KeyringBackend:
+    """The keyring backend `login`/`logout` write with (loads the keyring package)."""
+    import keyring
+
+    from agent.registry.keyring_backend import RootFileKeyring
+
     if kind == "system":
         return keyring.get_keyring()
     backend = RootFileKeyring(state_dir / DIR_NAME / FILE_NAME)
     keyring.set_keyring(backend)
     return backend
+
+
+def credential_source(kind: str, state_dir: Path) -> CredentialSource:
+    """What the agent reads credentials from: the root-only file directly (no keyring
+    package in the agent's memory), or the system keyring when asked for."""
+    if kind == "system":
+        return keyring_backend(kind, state_dir)
+    return RootCredentialsFile(state_dir / DIR_NAME / FILE_NAME)
 
 
 def credential_store(args: argparse.Namespace, state_dir: Path) -> CredentialStore:
@@ -120,7 +138,7 @@ def credential_store(args: argparse.Namespace, state_dir: Path) -> CredentialSto
             ", ".join(sorted(docker_config)) or "no registry",
         )
     return CredentialStore(
-        keyring_backend(args.keyring, state_dir),
+        credential_source(args.keyring, state_dir),
         systemd_dir=systemd_credentials_dir(),
         docker_config=docker_config,
     )
@@ -150,6 +168,12 @@ def build_digest_service(
 # -- login / logout ------------------------------------------------------------------------
 
 
+def _keyring_error() -> type[Exception]:
+    from keyring.errors import KeyringError
+
+    return KeyringError
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     domain = auth_key_domain(args.registry)
     username = args.username
@@ -176,7 +200,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     try:
         backend = keyring_backend(args.keyring, _state_dir(args))
         store_credentials(backend, domain, cred)
-    except (KeyringError, OSError) as err:
+    except (_keyring_error(), OSError) as err:
         print(f"eci-agent login: cannot store the credentials: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Login for {domain} stored ({backend!r}); the agent uses it from its next lookup.")
@@ -187,7 +211,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
     domain = auth_key_domain(args.registry)
     try:
         removed = remove_credentials(keyring_backend(args.keyring, _state_dir(args)), domain)
-    except (KeyringError, OSError) as err:
+    except (_keyring_error(), OSError) as err:
         print(f"eci-agent logout: {err}", file=sys.stderr)
         return EXIT_FAILED
     if not removed:
@@ -220,7 +244,7 @@ def cmd_repull(args: argparse.Namespace) -> int:
     try:
         store = credential_store(args, _state_dir(args))
         cred = store.get(domain)
-    except (CredentialsError, KeyringError) as err:
+    except (CredentialsError, CredentialsFileError, OSError) as err:
         print(f"eci-agent repull: credentials: {err}", file=sys.stderr)
         return EXIT_FAILED
     try:

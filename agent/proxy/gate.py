@@ -99,7 +99,14 @@ from agent.policy.mounts import (
     socket_aliases,
     volume_create_mount,
 )
-from agent.policy.routes import BadTarget, Route, Target, canonical_target, match_route
+from agent.policy.routes import (
+    BadTarget,
+    Route,
+    RouteMatch,
+    Target,
+    canonical_target,
+    match_route,
+)
 from agent.proxy.connection import Request, RequestHead, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
 from agent.proxy.identity import HOST
@@ -211,6 +218,7 @@ class Gate:
         self.engine = EngineClient(config.engine_socket)
         self._image_cache: dict[str, LocalImage] = {}
         self._clients: dict[str, tuple[float, ClientContainer]] = {}
+        self._routed: tuple[RequestHead, Target, RouteMatch | None] | None = None
         self._engine_info: tuple[float, EngineIsolation] | None = None
         self._networks: tuple[float, tuple[tuple[str, str], ...]] | None = None
 
@@ -224,7 +232,17 @@ class Gate:
         except BadTarget:
             return False
         match = match_route(head.method, target.path)
+        # The driver asks `judge` about this same head next: keep the routing for it.
+        self._routed = (head, target, match)
         return match is not None and match.route.key in BODY_ROUTES
+
+    def _route(self, head: RequestHead) -> tuple[Target, RouteMatch | None]:
+        """Raises BadTarget. Reuses what `needs_body` found for the very same head object."""
+        routed = self._routed
+        if routed is not None and routed[0] is head:
+            return routed[1], routed[2]
+        target = canonical_target(head.target)
+        return target, match_route(head.method, target.path)
 
     async def judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
         effective = self.config.current()
@@ -290,10 +308,9 @@ class Gate:
     async def _judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
         head = request.head
         try:
-            target = canonical_target(head.target)
+            target, match = self._route(head)
         except BadTarget as err:
             return bad_request(f"request target refused: {err}"), None
-        match = match_route(head.method, target.path)
         if match is None:
             return (
                 deny(

@@ -9,6 +9,7 @@ or /proc is not the host's) is reported as such: callers fail closed on it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from agent.policy.peers import container_of_cgroup
@@ -31,9 +32,14 @@ def identity_of_pid(pid: int | None, proc: str = PROC) -> Identity:
     if pid is None or pid <= 0:
         return Identity(problem="the kernel did not say which process connected")
     try:
-        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        # os.open/os.read: a third of the cost of open() in text mode, once per connection.
+        fd = os.open(f"{proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            raw = os.read(fd, 65536)
+        finally:
+            os.close(fd)
     except OSError as err:
         return Identity(problem=f"cannot read the cgroup of process {pid}: {err.strerror}")
+    text = raw.decode("utf-8", "replace")
     container = container_of_cgroup(text)
     return HOST if container is None else Identity(container=container)

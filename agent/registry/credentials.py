@@ -24,13 +24,38 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import keyring
-import keyring.backend
-from keyring.errors import KeyringError, PasswordDeleteError
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.registry.client import Credentials, canonical_domain
+from agent.registry.root_file import CredentialsFileError
+
+if TYPE_CHECKING:  # the keyring package is loaded only by the commands that write to it
+    import keyring.backend
+
+
+class _Found(Protocol):
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+
+
+class CredentialSource(Protocol):
+    """What the agent asks a keyring backend (or the root-only file directly)."""
+
+    def get_credential(self, service: str, username: str | None) -> _Found | None: ...
+
+
+def _lookup_errors() -> tuple[type[BaseException], ...]:
+    """The errors a backend raises for an unusable store (keyring's only once it is loaded)."""
+    import sys
+
+    errors: tuple[type[BaseException], ...] = (CredentialsFileError, OSError)
+    keyring_errors = sys.modules.get("keyring.errors")
+    if keyring_errors is not None:
+        errors += (keyring_errors.KeyringError,)
+    return errors
+
 
 log = logging.getLogger("eci_agent.registry")
 
@@ -181,7 +206,7 @@ class CredentialStore:
 
     def __init__(
         self,
-        backend: keyring.backend.KeyringBackend | None = None,
+        backend: CredentialSource | None = None,
         *,
         systemd_dir: Path | None = None,
         docker_config: Mapping[str, Credentials] | None = None,
@@ -208,7 +233,7 @@ class CredentialStore:
         if self.backend is not None:
             try:
                 found = self.backend.get_credential(keyring_service(domain), None)
-            except KeyringError as err:
+            except _lookup_errors() as err:
                 log.error("keyring: %s", err)
                 found = None
             if found is not None and found.username and found.password:
@@ -224,7 +249,7 @@ class CredentialStore:
             try:
                 if self.backend.get_credential(keyring_service(domain), None) is not None:
                     return "keyring"
-            except KeyringError:
+            except _lookup_errors():
                 pass
         return "docker-config" if domain in self.docker_config else None
 
@@ -232,6 +257,8 @@ class CredentialStore:
 def store_credentials(
     backend: keyring.backend.KeyringBackend, domain: str, cred: Credentials
 ) -> None:
+    from keyring.errors import PasswordDeleteError
+
     service = keyring_service(domain)
     old = backend.get_credential(service, None)
     backend.set_password(service, cred.username, cred.password)
@@ -244,6 +271,8 @@ def store_credentials(
 
 def remove_credentials(backend: keyring.backend.KeyringBackend, domain: str) -> bool:
     """Remove every stored login for `domain`; whether there was one."""
+    from keyring.errors import PasswordDeleteError
+
     service = keyring_service(domain)
     removed = False
     while True:
