@@ -30,6 +30,7 @@ Anything Go would refuse (NaN, Infinity) is refused here too.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,8 +49,11 @@ def _fold_char(c: str) -> str:
     return folded if len(folded) == 1 else c
 
 
+@functools.lru_cache(maxsize=4096)
 def fold(name: str) -> str:
     """The case-folded form under which Go matches a key to a struct field."""
+    if name.isascii():
+        return name.lower()  # the same as folding each ASCII letter (hot path)
     return "".join(_fold_char(c) for c in name)
 
 

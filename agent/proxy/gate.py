@@ -219,6 +219,9 @@ class Gate:
         self._image_cache: dict[str, LocalImage] = {}
         self._clients: dict[str, tuple[float, ClientContainer]] = {}
         self._routed: tuple[RequestHead, Target, RouteMatch | None] | None = None
+        self._sensitive_cache: tuple[EngineIsolation, float, tuple[SensitivePath, ...]] | None = (
+            None
+        )
         self._engine_info: tuple[float, EngineIsolation] | None = None
         self._networks: tuple[float, tuple[tuple[str, str], ...]] | None = None
 
@@ -958,7 +961,15 @@ class Gate:
         self, intents: Iterable[MountIntent], host: HostFacts | None, targets: set[str]
     ) -> IsolationFacts:
         engine = await self.engine_isolation()
-        sensitive = await asyncio.to_thread(self._sensitive, engine)
+        now = time.monotonic()
+        cached = self._sensitive_cache
+        if cached is not None and cached[0] == engine and now - cached[1] < ENGINE_INFO_TTL:
+            sensitive = cached[2]
+        else:
+            # Root-owned folders (`/etc`, the data root, ...): resolved again every few
+            # seconds, not per create; the bind sources themselves are resolved every time.
+            sensitive = await asyncio.to_thread(self._sensitive, engine)
+            self._sensitive_cache = (engine, now, sensitive)
         containers: dict[str, NamespaceFact] = {}
         pending = list(targets)
         while pending and len(containers) < 16:
@@ -1016,8 +1027,11 @@ class Gate:
 
     # -- facts -----------------------------------------------------------------------------------
 
-    def _protected(self) -> tuple[ProtectedSocket, ...]:
-        table = _mount_table()
+    def _protected(
+        self, table: tuple[MountEntry, ...] | None = None
+    ) -> tuple[ProtectedSocket, ...]:
+        if table is None:
+            table = _mount_table()
         paths = [(p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, self.config.engine_socket)] + [
             (p, "eci-agent socket") for p in (*self.config.listen_sockets,)
         ]
@@ -1059,10 +1073,16 @@ class Gate:
                         volumes[inner.name] = await self._volume(inner.name)
         partial = HostFacts((), {}, volumes, containers)
         needed = host_paths_needed(intents, partial)
-        paths = await asyncio.to_thread(lambda: {p: _resolve(p) for p in needed})
-        protected = await asyncio.to_thread(self._protected)
-        procfs = procfs_mount_points(await asyncio.to_thread(_mount_table))
-        return HostFacts(protected, paths, volumes, containers, procfs)
+
+        def gather() -> HostFacts:
+            # One trip to a worker thread (file system calls may block): the mount table read
+            # once, then the protected sockets and every path the mounts name.
+            table = _mount_table()
+            paths = {p: _resolve(p) for p in needed}
+            protected = self._protected(table)
+            return HostFacts(protected, paths, volumes, containers, procfs_mount_points(table))
+
+        return await asyncio.to_thread(gather)
 
     async def _volume(self, name: str) -> VolumeFact:
         try:

@@ -233,7 +233,7 @@ class GrpcInspector:
             self._parsed += len(PREFACE)
             self._preface = True
         pos = 0
-        while len(buf) - pos >= 9:
+        while len(buf) - pos >= 3:  # the length is judged as soon as it is known
             length = int.from_bytes(buf[pos : pos + 3], "big")
             if length > self._max_frame:
                 raise _Cut(f"an HTTP/2 frame of {length} bytes is larger than allowed")
