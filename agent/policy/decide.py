@@ -67,6 +67,9 @@ class Decision:
     #: The request target to forward instead of the client's: the object that was judged,
     #: named by ID, so a rename between the check and the engine's own lookup changes nothing.
     target: str | None = None
+    #: What the connection must keep reading after an upgrade: "grpc" (BuildKit's requests
+    #: are judged one by one), "grpc-audit" (the same, recorded but let through).
+    inspect: str | None = None
 
 
 ALLOW = Decision(True, rule="pass")

@@ -51,6 +51,8 @@ import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
 from agent.policy.decide import Decision
+from agent.policy.isolation import Violation
+from agent.proxy.grpc_inspect import GrpcInspector
 
 #: Bodies the policy reads are buffered up to this size; a larger one is refused (413).
 DEFAULT_MAX_JUDGED_BODY = 4 * 1024 * 1024
@@ -190,12 +192,26 @@ class Log:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """Inside an upgraded stream (BuildKit's /grpc) the policy refused a request: record it.
+
+    The connection itself is cut by the CloseEngine/CloseClient that follow (no HTTP answer
+    is possible any more), unless `audited` (then the stream goes on, unread)."""
+
+    head: RequestHead
+    reason: str
+    violations: tuple[Violation, ...]
+    audited: bool = False
+
+
 Command = (
     SendClient
     | SendEngine
     | Judge
     | Verify
     | Splice
+    | StreamRefused
     | ShutdownEngine
     | ShutdownClient
     | CloseEngine
@@ -476,6 +492,10 @@ class _Resp:
 _PASS, _SPLICE, _DROP_1XX, _HOLD, _REWRITE = range(5)
 
 
+#: The largest HTTP/2 frame the engine's /grpc server reads (x/net/http2's default).
+GRPC_MAX_FRAME = 1 << 20
+
+
 class ProxyConnection:
     """The per-connection state machine (see the module doc)."""
 
@@ -493,6 +513,10 @@ class ProxyConnection:
         self._req: _Msg | None = None  # the request parser
         self._cbuf = b""  # client bytes not fed to the parser yet
         self._client_eof = False
+        self._grpc: GrpcInspector | None = None  # reading BuildKit's gRPC after the upgrade
+        self._grpc_head: RequestHead | None = None
+        self._grpc_audit = False
+        self._grpc_pending = b""  # client bytes the inspector has not released yet
         self._resp: _Resp | None = None
         self._engine_busy = False  # a request is in flight on the engine connection
         self._engine_dirty = False  # engine connection used and must be replaced
@@ -512,6 +536,8 @@ class ProxyConnection:
     def client_data(self, data: bytes) -> list[Command]:
         phase = self.phase
         if phase is Phase.SPLICED:
+            if self._grpc is not None:
+                return self._grpc_feed(data)
             return [SendEngine(data)] if data else [ShutdownEngine()]
         if phase is Phase.CLOSED:
             return []
@@ -1131,12 +1157,56 @@ class ProxyConnection:
         self.phase = Phase.SPLICED
         self._engine_busy = False
         self._engine_dirty = True
+        ex = self._ex
+        inspect = ex.decision.inspect if ex is not None and ex.decision is not None else None
+        if inspect in ("grpc", "grpc-audit") and ex is not None:
+            # BuildKit's gRPC: what the client sends is read frame by frame, and a Solve that
+            # asks for host powers is cut before the engine has it whole.
+            self._grpc = GrpcInspector(max_frame_size=GRPC_MAX_FRAME)
+            self._grpc_head = ex.head
+            self._grpc_audit = inspect == "grpc-audit"
+            pending, self._cbuf = self._cbuf, b""
+            if pending:
+                out.extend(self._grpc_feed(pending))
+            if self._client_eof and self.phase is Phase.SPLICED:
+                out.extend(self._grpc_feed(b""))
+            return out
         if self._cbuf:
             out.append(SendEngine(self._cbuf))
             self._cbuf = b""
         if self._client_eof:
             out.append(ShutdownEngine())
         return out
+
+    def _grpc_feed(self, data: bytes) -> list[Command]:
+        inspector = self._grpc
+        assert inspector is not None and self._grpc_head is not None
+        if not data:
+            # The client is done: what was released went on; an unfinished frame does not.
+            self._grpc = None
+            self._grpc_pending = b""
+            return [ShutdownEngine()]
+        self._grpc_pending += data
+        # Bounded without back-pressure: the inspector holds at most the frame being read
+        # (GRPC_MAX_FRAME) and judges a message as soon as its last frame is complete.
+        verdict = inspector.feed(data)
+        if verdict.cut:
+            refused = StreamRefused(
+                self._grpc_head, verdict.reason, verdict.violations, audited=self._grpc_audit
+            )
+            if self._grpc_audit:
+                pending, self._grpc_pending = self._grpc_pending, b""
+                self._grpc = None
+                return [refused, SendEngine(pending)]
+            self._grpc = None
+            self._grpc_pending = b""
+            self.phase = Phase.CLOSED
+            return [refused, CloseEngine(), CloseClient()]
+        if not verdict.release:
+            return []
+        release = self._grpc_pending[: verdict.release]
+        self._grpc_pending = self._grpc_pending[verdict.release :]
+        return [SendEngine(release)]
 
     def _close_all(self) -> list[Command]:
         # An engine connection idle between requests outlives its client (the driver pools

@@ -107,7 +107,7 @@ from agent.policy.routes import (
     canonical_target,
     match_route,
 )
-from agent.proxy.connection import Request, RequestHead, Verify
+from agent.proxy.connection import Request, RequestHead, StreamRefused, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
@@ -136,6 +136,7 @@ BODY_ROUTES = frozenset(
 #: Routes that (re)start a container: its bind sources are resolved again by the engine then.
 START_ROUTES = frozenset({"POST /containers/{id}/start", "POST /containers/{id}/restart"})
 PLUGIN_ENABLE = "POST /plugins/{name}/enable"
+GRPC_ROUTE = "POST /grpc"
 
 WELL_KNOWN_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 MOUNTINFO = "/proc/self/mountinfo"
@@ -274,6 +275,25 @@ class Gate:
             self._record(request, decision, peer, effective)
         return decision, body
 
+    def stream_refused(self, refused: StreamRefused, peer: Peer) -> None:
+        """A BuildKit request inside /grpc asked for host powers: record it (the connection
+        itself was already cut, or let go on in audit mode)."""
+        effective = self.config.current()
+        if refused.violations:
+            decision = decide_violations(
+                effective.settings,
+                list(refused.violations),
+                image_text="",
+                settings_where=self.config.settings_where(),
+                subject="build",
+                rule="isolation-build",
+            )
+        else:
+            decision = deny(400, f"BuildKit stream cut: {refused.reason}", "grpc-protocol")
+        if decision.allowed:  # pragma: no cover - builds get no exceptions
+            return
+        self._record(Request(refused.head), decision, peer, effective, would=refused.audited)
+
     def _auditing(self) -> bool:
         return self.config.current().settings.extensions.audit_mode
 
@@ -360,6 +380,11 @@ class Gate:
             return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
         if key == "POST /build":
             return self._judge_build(target), None
+        if key == GRPC_ROUTE:
+            # BuildKit's API: the build options travel inside the stream after the upgrade.
+            audit = self.config.current().settings.extensions.audit_mode
+            inspect = "grpc-audit" if audit else "grpc"
+            return Decision(True, rule="grpc-inspected", inspect=inspect), None
         if key not in BODY_ROUTES:
             return ALLOW, None
         body = request.body or b""

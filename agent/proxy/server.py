@@ -41,6 +41,7 @@ from agent.proxy.connection import (
     ShutdownClient,
     ShutdownEngine,
     Splice,
+    StreamRefused,
     Verify,
 )
 from agent.proxy.identity import HOST, Identity, identity_of_pid
@@ -105,6 +106,8 @@ class Gate(Protocol):
     async def judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]: ...
 
     async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]: ...
+
+    def stream_refused(self, refused: StreamRefused, peer: Peer) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,6 +493,8 @@ class _Session(asyncio.Protocol):
                 i = 0
             elif type(command) is Splice:
                 self.spliced = True
+            elif type(command) is StreamRefused:
+                self.gate.stream_refused(command, self.peer)
             elif type(command) is ShutdownEngine:
                 self.client_done = True
                 engine = self.engine

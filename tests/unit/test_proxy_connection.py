@@ -736,3 +736,73 @@ def test_any_cut_of_the_same_bytes_is_read_the_same_way() -> None:
     for cut in range(1, len(stream)):
         assert _drive([stream[:cut], stream[cut:]], engine) == want, cut
     assert _drive([stream[i : i + 1] for i in range(len(stream))], engine) == want
+
+
+# -- BuildKit's /grpc: read after the upgrade --------------------------------------------------
+
+GRPC_UPGRADE = (
+    b"POST /v1.41/grpc HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+)
+H2C_101 = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def _grpc_stream(bad: bool) -> bytes:
+    from tests.unit.test_grpc_inspect import CLEAN, Wire, solve
+
+    message = solve(ents=(b"network.host",)) if bad else CLEAN
+    return Wire().rpc(1, "/moby.buildkit.v1.Control/Solve", message).bytes()
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["after", "with-the-upgrade"])
+def test_grpc_solve_with_host_powers_is_cut_before_the_engine_has_it(early: bool) -> None:
+    from agent.proxy.connection import StreamRefused
+
+    stream = _grpc_stream(bad=True)
+    c = new()
+    c.client_data(GRPC_UPGRADE + (stream if early else b""))
+    c.judged(Decision(True, rule="grpc-inspected", inspect="grpc"))
+    cmds = c.engine_data(H2C_101)
+    if not early:
+        cmds += c.client_data(stream)
+    refused = [x for x in cmds if isinstance(x, StreamRefused)]
+    assert len(refused) == 1 and "network" in refused[0].reason
+    assert refused[0].head.target == "/v1.41/grpc"
+    assert len(sent_engine(cmds)) < len(stream), "the Solve never reached the engine whole"
+    assert cmds[-2:] == [CloseEngine(), CloseClient()]
+    assert c.client_data(b"more") == []
+
+
+def test_grpc_clean_stream_passes_whole_and_in_order() -> None:
+    stream = _grpc_stream(bad=False)
+    c = new()
+    c.client_data(GRPC_UPGRADE)
+    c.judged(Decision(True, rule="grpc-inspected", inspect="grpc"))
+    c.engine_data(H2C_101)
+    out = b""
+    for i in range(0, len(stream), 7):  # in small pieces, as a slow client sends it
+        out += sent_engine(c.client_data(stream[i : i + 7]))
+    assert out == stream
+    assert c.client_data(b"") == [ShutdownEngine()]
+
+
+def test_grpc_audit_records_and_lets_the_stream_go_on() -> None:
+    from agent.proxy.connection import StreamRefused
+
+    stream = _grpc_stream(bad=True)
+    c = new()
+    c.client_data(GRPC_UPGRADE)
+    c.judged(Decision(True, rule="grpc-inspected", inspect="grpc-audit"))
+    c.engine_data(H2C_101)
+    cmds = c.client_data(stream)
+    assert [x.audited for x in cmds if isinstance(x, StreamRefused)] == [True]
+    assert sent_engine(cmds) == stream
+    assert c.client_data(b"raw") == [SendEngine(b"raw")]
+
+
+def test_without_inspection_grpc_is_a_raw_pipe() -> None:
+    stream = _grpc_stream(bad=True)
+    c = new()
+    c.client_data(GRPC_UPGRADE)
+    c.judged(ALLOW)  # ECI off
+    c.engine_data(H2C_101)
+    assert c.client_data(stream) == [SendEngine(stream)]
