@@ -558,3 +558,51 @@ def cpu_times() -> tuple[int, int]:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+# ------------------------------------------------------------------ digest refresh vs. traffic
+
+
+@dataclass
+class RefreshStall:
+    """`/containers/json` through the proxy, quiet and while the digest service is busy."""
+
+    quiet_us: list[float]
+    busy_us: list[float]
+    changes: int  # image lists put in force while busy (each one a refresh of every tag)
+    tags: int  # allowed tags per image list
+
+
+def refresh_stall(
+    proxy: str,
+    apply: Callable[[int], None],
+    tags: int,
+    seconds: float,
+) -> RefreshStall:
+    """Latency of kept-alive `/containers/json` with the settings fixed, then while `apply(i)`
+    puts a new image list in force every 0.3 s (each names `tags` tags never seen before, so
+    the refresh asks a registry for every one of them)."""
+    import threading
+
+    raw = request_bytes("GET", "/containers/json")
+    latency_keepalive(proxy, raw, 50, 1.0)
+    quiet = [ns / 1000 for ns in latency_keepalive(proxy, raw, 10**6, seconds)]
+    stop = threading.Event()
+    changes = 0
+
+    def churn() -> None:
+        nonlocal changes
+        while not stop.is_set():
+            changes += 1
+            apply(changes)
+            stop.wait(0.3)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # the first refresh is under way
+        busy = [ns / 1000 for ns in latency_keepalive(proxy, raw, 10**6, seconds)]
+    finally:
+        stop.set()
+        thread.join(30)
+    return RefreshStall(quiet, busy, changes, tags)

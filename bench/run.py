@@ -303,6 +303,21 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
                 )
 
             checkpoint("concurrent clients")
+            _log("docker ps while the digest service refreshes new image lists")
+            tags = 100
+
+            def image_list(i: int) -> None:
+                names = [f"{stack.registry}/bench/refresh-{i}-{k}:1" for k in range(tags)]
+                # and a registry that refuses connections (the back-off path)
+                names += [f"127.0.0.1:9/bench/gone-{i}-{k}:1" for k in range(tags // 10)]
+                agent.set_settings(settings_with([dockercli, *names]), timeout=30)
+
+            with cpu.measure("refresh"):
+                report.refresh = m.refresh_stall(
+                    agent.listen, image_list, tags, plan.small_budget * 2
+                )
+            agent.set_settings(settings_with([dockercli]))
+            checkpoint("refresh")
             report.foreign = {
                 k: (v, foreign.share(k)) for k, v in foreign.by_label.items() if k != "setup"
             }
