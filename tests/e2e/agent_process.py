@@ -161,3 +161,18 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def eci_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real `eci-agent` command line (status, events, suggest, ...), from this checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )

@@ -8,28 +8,13 @@ proposal, applied with audit mode off, lets the same work through for real.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.agent_process import AgentProcess, http_over_unix, settings_with
+from tests.e2e.agent_process import AgentProcess, eci_agent, http_over_unix, settings_with
 
 pytestmark = pytest.mark.engine
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def eci_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 def audited(images: list[str], commands: list[str] | None = None) -> dict[str, Any]:

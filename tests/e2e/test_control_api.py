@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,21 +16,17 @@ from typing import Any
 import pytest
 
 from agent.control.client import ControlClient, Refused
-from tests.e2e.agent_process import DEFAULT_SETTINGS, AgentProcess, http_over_unix, settings_with
+from tests.e2e.agent_process import (
+    DEFAULT_SETTINGS,
+    AgentProcess,
+    eci_agent,
+    http_over_unix,
+    settings_with,
+)
 
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def eci_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 def events(agent: AgentProcess, *args: str) -> list[dict[str, Any]]:
