@@ -21,6 +21,8 @@ too) and turned into `Violation`s, each named by the option as the docker CLI sp
   `disable` too), `writable-cgroups=true`; `MaskedPaths`/`ReadonlyPaths` that drop a default.
 - **Hardware**: any `Devices`, `DeviceCgroupRules` or `DeviceRequests` (`--gpus`).
 - **Kernel settings**: `Sysctls` outside the namespaced set (`NAMESPACED_SYSCTLS`).
+- **Identity**: a `CgroupParent` with a component named like a container's cgroup: the agent
+  tells which container a client runs in from its cgroup path (`agent.policy.peers`).
 - **Host paths**: a bind (by any route `agent.policy.mounts` knows) of a sensitive host folder
   (`SensitivePath`: `/`, `/etc`, `/proc`, `/sys`, `/dev`, `/boot`, `/root`, the engine's data
   root, the socket folders), of a folder above one, or of a path that resolves to one.
@@ -45,6 +47,7 @@ from agent.policy.gojson import MISSING, GoObject
 from agent.policy.imageref import InvalidReference, parse_image_ref
 from agent.policy.images import ImageVerdict
 from agent.policy.mounts import FromContainer, HostPath, MountIntent, NamedVolume, clean_host_path
+from agent.policy.peers import container_of_cgroup
 from agent.settings.model import AdminSettings, IsolationException
 
 SYSBOX_RUNTIME = "sysbox-runc"
@@ -491,6 +494,20 @@ def host_config_violations(hc: GoObject, where: str, facts: IsolationFacts) -> l
         )
     elif requests is not MISSING and requests is not None and not isinstance(requests, list):
         raise ValueError(f"{where}.DeviceRequests: expected an array")
+    parent = hc.field("CgroupParent")
+    if isinstance(parent, str) and container_of_cgroup(f"0::{parent}") is not None:
+        # The engine puts the container at `<parent>/<id>`, and a client's container is read
+        # from the first ID in its cgroup path: a parent naming another container's ID would
+        # make this one's processes pass for that container (and get its command list).
+        found.append(
+            Violation(
+                f"--cgroup-parent={parent}",
+                "--cgroup-parent",
+                f"{where}.CgroupParent",
+                "it is named like a container's cgroup, which is how eci-agent tells which "
+                "container a request comes from",
+            )
+        )
     sysctls = hc.field("Sysctls")
     if isinstance(sysctls, GoObject):
         for key in sysctls.entries():

@@ -440,6 +440,19 @@ class Gate:
             decision = await self._judge_peer_image(client)
             if not decision.allowed:
                 return _attributed(decision, client)
+        elif peer.identity != HOST and client.problem is not None:
+            # A container's process the agent cannot name any more (it connected, handed the
+            # connection on and exited), or a container the engine does not know: its own
+            # per-image list cannot be found, and the global one may be looser.
+            return _attributed(
+                deny(
+                    403,
+                    "eci-agent cannot tell which container sent this request "
+                    f"({client.problem}); refused rather than judged by another command list",
+                    "unknown-peer",
+                ),
+                client,
+            )
         if route.key in ALWAYS_ALLOWED_KEYS:
             return None
         query: dict[str, str] = {}
