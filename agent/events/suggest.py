@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.policy.isolation import normalize_allow_token
+
 IMAGE_RULES = frozenset({"socket-mount-image", "socket-mount-image-unknown", "container-peer"})
 
 
@@ -114,9 +116,17 @@ def suggest(events: Iterable[Mapping[str, Any]]) -> Suggestion:
             else:
                 global_allow.append(commands)
         elif rule.startswith("isolation") and image and extra.get("options"):
-            tokens = out.isolation.setdefault(image, [])
             for token in str(extra["options"]).split(","):
-                if token and token not in tokens:
+                if not token:
+                    continue
+                try:
+                    normalize_allow_token(token)
+                except ValueError:  # e.g. a --cgroup-parent naming a container: never waived
+                    key = f"{rule}: {token}"
+                    out.other[key] = out.other.get(key, 0) + 1
+                    continue
+                tokens = out.isolation.setdefault(image, [])
+                if token not in tokens:
                     tokens.append(token)
         else:
             out.other[rule or "unknown"] = out.other.get(rule or "unknown", 0) + 1

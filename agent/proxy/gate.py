@@ -199,7 +199,9 @@ class GateConfig:
 def _form_encoded(head: RequestHead) -> bool:
     for value in head.header_values(b"content-type"):
         media = value.split(b";", 1)[0].strip().lower()
-        if media == b"application/x-www-form-urlencoded":
+        if media == b"application/x-www-form-urlencoded" or media.startswith(b"multipart/"):
+            # url-encoded: Go's ParseForm reads it; multipart: FormValue does (newer engines'
+            # build handler). No docker client sends either.
             return True
     return False
 
@@ -348,8 +350,9 @@ class Gate:
         if head.method in FORM_BODY_METHODS and _form_encoded(head):
             return (
                 bad_request(
-                    "a request body sent as application/x-www-form-urlencoded is refused: the "
-                    "engine would read it as query parameters the policy did not see"
+                    "a request body sent as a form (application/x-www-form-urlencoded or "
+                    "multipart/*) is refused: the engine would read it as query parameters "
+                    "the policy did not see"
                 ),
                 None,
             )

@@ -10,6 +10,7 @@ or /proc is not the host's) is reported as such: callers fail closed on it.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from agent.policy.peers import container_of_cgroup
@@ -28,9 +29,24 @@ class Identity:
 HOST = Identity()
 
 
-def identity_of_pid(pid: int | None, proc: str = PROC) -> Identity:
+def identity_of_pid(pid: int | None, proc: str = PROC, pidfd: int | None = None) -> Identity:
+    """`pidfd` (SO_PEERPIDFD, Linux 6.5+) pins the very process that connected: when it is
+    given, the answer is trusted only if that process is still alive after the read, so a
+    recycled pid cannot lend its cgroup to a client that has gone."""
     if pid is None or pid <= 0:
         return Identity(problem="the kernel did not say which process connected")
+    identity = _read_identity(pid, proc)
+    if pidfd is not None and identity.problem is None:
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except ProcessLookupError:
+            return Identity(problem=f"process {pid} exited before its container could be checked")
+        except OSError:
+            pass  # not allowed to signal it (cannot happen as root): keep the pid's answer
+    return identity
+
+
+def _read_identity(pid: int, proc: str) -> Identity:
     try:
         # os.open/os.read: a third of the cost of open() in text mode, once per connection.
         fd = os.open(f"{proc}/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)

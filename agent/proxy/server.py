@@ -49,6 +49,8 @@ from agent.proxy.identity import HOST, Identity, identity_of_pid
 log = logging.getLogger("eci_agent.proxy")
 
 READ_SIZE = 256 * 1024
+#: getsockopt: a pidfd of the connecting process (Linux 6.5+; not in Python 3.11's socket).
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 #: Pending connections the kernel queues for us (dockerd itself listens with 4096).
 BACKLOG = 4096
 #: Stop reading from one side while this much is buffered for the other.
@@ -88,7 +90,16 @@ def peer_of(transport: _HasExtraInfo, listener: str) -> Peer:
         pid, uid, gid = struct.unpack("3i", raw)
     except OSError:
         return Peer(listener=listener, identity=identity_of_pid(None))
-    return Peer(pid, uid, gid, listener, identity_of_pid(pid))
+    pidfd: int | None = None
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        pidfd = None  # before Linux 6.5: the pid alone (a recycled pid is a tiny window)
+    try:
+        return Peer(pid, uid, gid, listener, identity_of_pid(pid, pidfd=pidfd))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _set_sndbuf(transport: _HasExtraInfo) -> None:

@@ -402,3 +402,32 @@ def test_commit_with_a_socket_volume_key_gives_only_an_anonymous_volume(
     finally:
         direct("rm", "-f", name, made)
         direct("rmi", "-f", image)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        "multipart/form-data; boundary=xyz",
+    ],
+)
+def test_query_smuggled_in_a_form_body_is_refused(agent, stack, direct, name, content_type):
+    """Go's form parsing reads such a body as query parameters the policy never saw."""
+    repo = f"eci-form-{name}"
+    if content_type.startswith("multipart"):
+        body = (
+            f'--xyz\r\nContent-Disposition: form-data; name="fromImage"\r\n\r\n'
+            f"{stack.images['busybox']}\r\n--xyz--\r\n"
+        ).encode()
+    else:
+        body = f"fromImage={stack.images['busybox']}".encode()
+    raw = (
+        f"POST /v1.41/images/create?fromSrc=-&repo={repo} HTTP/1.1\r\nHost: d\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    reply = http_over_unix(agent.listen, raw)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:300]
+    assert b"form" in reply
+    assert direct("image", "inspect", repo).returncode != 0

@@ -90,3 +90,17 @@ def test_images_commands_isolation_and_the_rest() -> None:
 def test_no_events_no_proposal() -> None:
     result = suggest([{"kind": "denied", "rule": "x"}])
     assert result.events == 0 and result.as_settings() == {}
+
+
+def test_powers_no_exception_can_waive_are_not_proposed() -> None:
+    result = suggest(
+        [
+            would(
+                "isolation",
+                image="docker.io/library/tool:1",
+                extra={"options": "--cgroup-parent,--pid=host"},
+            )
+        ]
+    )
+    assert result.isolation == {"docker.io/library/tool:1": ["--pid=host"]}
+    assert result.other == {"isolation: --cgroup-parent": 1}

@@ -1,0 +1,91 @@
+"""Who connected: the cgroup of the peer's pid, trusted only while the pinned process lives."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.proxy.identity import HOST, identity_of_pid
+from agent.proxy.server import peer_of
+
+CONTAINER = "a" * 64
+
+
+def test_a_dead_pinned_process_does_not_lend_a_recycled_pids_cgroup(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    pidfd = os.pidfd_open(child.pid)
+    child.wait()
+    try:
+        # `os.getpid()` stands for the process that got the pid number afterwards: alive,
+        # readable, and a host process. The pinned (dead) one decides.
+        identity = identity_of_pid(os.getpid(), pidfd=pidfd)
+    finally:
+        os.close(pidfd)
+    assert identity.container is None
+    assert identity.problem is not None and "exited" in identity.problem
+
+
+def test_a_live_pinned_process_is_read(tmp_path: Path) -> None:
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        assert identity_of_pid(os.getpid(), pidfd=pidfd) == HOST
+    finally:
+        os.close(pidfd)
+
+
+@pytest.mark.parametrize(
+    ("text", "container"),
+    [
+        ("0::/user.slice/session-1.scope\n", None),
+        (f"0::/eci-env-x/{CONTAINER}\n", CONTAINER),
+        (f"12:memory:/docker/{CONTAINER}\n0::/\n", CONTAINER),
+        (f"0::/system.slice/docker-{CONTAINER}.scope\n", CONTAINER),
+    ],
+)
+def test_the_cgroup_file_names_the_container(tmp_path: Path, text: str, container: Any) -> None:
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "cgroup").write_text(text)
+    identity = identity_of_pid(4242, proc=str(tmp_path))
+    assert identity.container == container and identity.problem is None
+
+
+def test_an_unreadable_cgroup_is_a_problem_not_a_host(tmp_path: Path) -> None:
+    identity = identity_of_pid(4242, proc=str(tmp_path))
+    assert identity != HOST and "cannot read" in (identity.problem or "")
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+
+def test_a_client_that_connected_and_left_its_connection_to_a_child_is_not_known(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+        # The client connects, forks a child that keeps the connection, and exits.
+        code = (
+            "import os, socket, sys, time\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "if os.fork() == 0:\n"
+            "    time.sleep(5); os._exit(0)\n"
+            "os._exit(0)\n"
+        )
+        subprocess.run([sys.executable, "-c", code, path], check=True, timeout=30)
+        conn, _ = server.accept()
+        with conn:
+            peer = peer_of(_Transport(conn), "container")
+    assert peer.pid is not None
+    assert peer.identity.container is None and peer.identity.problem is not None
