@@ -206,6 +206,13 @@ def _form_encoded(head: RequestHead) -> bool:
     return False
 
 
+def _has_body(head: RequestHead) -> bool:
+    """Whether a request carries a body (a non-zero Content-Length, or chunked)."""
+    if head.header_values(b"transfer-encoding"):
+        return True
+    return any(v.strip(b" \t").lstrip(b"0") for v in head.header_values(b"content-length"))
+
+
 def _is_json_content_type(value: bytes | None) -> bool:
     if value is None:
         return False
@@ -385,6 +392,16 @@ class Gate:
             return self._judge_build(target), None
         if key == GRPC_ROUTE:
             # BuildKit's API: the build options travel inside the stream after the upgrade.
+            if _has_body(head):
+                # The engine hijacks without reading a body: bytes sent as one would reach its
+                # HTTP/2 server unread by the inspector, which starts after the 101.
+                return (
+                    bad_request(
+                        "POST /grpc with a request body is refused: the engine would read the "
+                        "body as the BuildKit stream, unjudged"
+                    ),
+                    None,
+                )
             audit = self.config.current().settings.extensions.audit_mode
             inspect = "grpc-audit" if audit else "grpc"
             return Decision(True, rule="grpc-inspected", inspect=inspect), None

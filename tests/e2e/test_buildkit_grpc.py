@@ -124,6 +124,92 @@ def test_with_eci_off_nothing_is_read(agent: AgentProcess, stack: Any) -> None:
     assert answered(rest, 1), frames(rest)
 
 
+# -- A Solve sent as the upgrade request's body ------------------------------------------------
+# The engine hijacks /grpc without reading a request body. Its HTTP/1.1 reader takes the first
+# 4096 bytes of the connection into a buffer that the hijack throws away; every byte after those
+# is read by its HTTP/2 server. A client that put the preface and a Solve at body offset
+# 4096 - len(head) got that Solve to the engine while the agent, which reads HTTP/2 only after
+# the 101, forwarded it as a plain body (review, 2026-11). A /grpc request with a body is refused.
+
+#: net/http's bufio.Reader size: what the engine reads before it hijacks.
+_ENGINE_READ = 4096
+
+
+def _smuggle(path: str, stream: bytes, wait: float = 2.0) -> tuple[bytes, bytes]:
+    """POST /grpc whose body holds `stream` where the engine's HTTP/2 server starts reading:
+    (the response head, what followed)."""
+    size = 0
+    while True:  # the head's length depends on the Content-Length's digits
+        head = (
+            b"POST /v1.41/grpc HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"Content-Length: %d\r\n\r\n" % size
+        )
+        body = b"\0" * (_ENGINE_READ - len(head)) + stream
+        if len(body) == size:
+            break
+        size = len(body)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(head + body)
+        data = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    got_head, _, rest = data.partition(b"\r\n\r\n")
+    return got_head, rest
+
+
+def test_a_solve_sent_as_the_upgrade_requests_body_never_reaches_the_engine(
+    agent: AgentProcess, stack: Any
+) -> None:
+    stream = Wire().rpc(1, SOLVE, solve(ents=(b"network.host",))).bytes()
+    # The engine itself takes the Solve up from the body (its read split is a matter of timing:
+    # a few tries).
+    for _ in range(5):
+        _, direct_rest = _smuggle(stack.engine_socket, stream)
+        if answered(direct_rest, 1):
+            break
+    assert answered(direct_rest, 1), frames(direct_rest)
+
+    for _ in range(5):
+        head, rest = _smuggle(agent.listen, stream)
+        assert not answered(rest, 1), frames(rest)
+        assert head.startswith(b"HTTP/1.1 400"), head
+
+
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        pytest.param(b"Content-Length: 0\r\n\r\n", b"101", id="empty-body-upgrades"),
+        pytest.param(b"Content-Length: 5\r\n\r\nhello", b"400", id="length"),
+        pytest.param(b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400", id="chunked"),
+    ],
+)
+def test_only_a_bodyless_grpc_upgrade_is_forwarded(
+    agent: AgentProcess, stack: Any, framing: bytes, status: bytes
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(agent.listen)
+        s.sendall(
+            b"POST /v1.41/grpc HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            + framing
+        )
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 " + status), data
+
+
 def _events(agent: AgentProcess) -> dict[int, dict[str, Any]]:
     r = subprocess.run(
         [sys.executable, "-m", "agent", "events", "--json", "--all", "--kind", "denied",
