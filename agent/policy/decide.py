@@ -70,6 +70,8 @@ class Decision:
     #: What the connection must keep reading after an upgrade: "grpc" (BuildKit's requests
     #: are judged one by one), "grpc-audit" (the same, recorded but let through).
     inspect: str | None = None
+    #: False for a refusal audit mode must not forward either (it cannot be forwarded safely).
+    auditable: bool = True
 
 
 ALLOW = Decision(True, rule="pass")

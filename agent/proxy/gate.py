@@ -275,7 +275,11 @@ class Gate:
             decision = deny(503, f"cannot evaluate the policy: {err}", "fail-closed")
             body = None
         if not decision.allowed:
-            if effective.settings.extensions.audit_mode and decision.status == 403:
+            if (
+                effective.settings.extensions.audit_mode
+                and decision.status == 403
+                and decision.auditable
+            ):
                 # Audit mode: the policy's refusals (403) are recorded and let through. What
                 # cannot be forwarded faithfully (400 ambiguous requests, 404 unknown routes,
                 # 503 unknown facts) is still refused.
@@ -353,7 +357,6 @@ class Gate:
                 ),
                 None,
             )
-        key = match.route.key
         if head.method in FORM_BODY_METHODS and _form_encoded(head):
             return (
                 bad_request(
@@ -366,7 +369,28 @@ class Gate:
         if peer.listener == "container" or peer.identity != HOST:
             refused = await self._judge_container_client(request, peer, target, match.route)
             if refused is not None:
-                return refused, None
+                if refused.status != 403 or not self._auditing():
+                    return refused, None
+                # Audit mode forwards it: as the other checks would (a socket mount still
+                # gets the container-facing socket, a create its image check), or not at all.
+                rest, body = await self._judge_request(request, target, match)
+                if not rest.allowed and (rest.status != 403 or not rest.auditable):
+                    return rest, body
+                kept = dataclasses.replace(
+                    refused,
+                    expect_image_id=rest.expect_image_id,
+                    target=rest.target,
+                    inspect=rest.inspect,
+                )
+                return kept, body
+        return await self._judge_request(request, target, match)
+
+    async def _judge_request(
+        self, request: Request, target: Target, match: RouteMatch
+    ) -> tuple[Decision, bytes | None]:
+        """The checks every client gets, after those for a container's own requests."""
+        head = request.head
+        key = match.route.key
         try:
             if key in START_ROUTES:
                 if (request.body or b"").strip():
@@ -622,7 +646,9 @@ class Gate:
                 if decision.allowed:
                     decision = dataclasses.replace(decision, expect_image_id=image_id)
         if not decision.allowed:
-            return decision, None
+            # Refused; audit mode forwards it, still with the socket rewrite and image check.
+            expected = socket_decision.expect_image_id or decision.expect_image_id
+            return dataclasses.replace(decision, expect_image_id=expected), rewritten
         if socket_decision.rewrites or socket_decision.expect_image_id:
             decision = dataclasses.replace(
                 socket_decision,
@@ -680,6 +706,9 @@ class Gate:
             sources = frozenset(e.source for e in exposures)
             rewritten = _rewrite_create(body, self.config.container_socket, sources).encode()
             return dataclasses.replace(decision, expect_image_id=image.id), rewritten
+        if not decision.allowed and self._auditing():
+            # A socket reached in a way that cannot be rewritten: never forward it as it is.
+            return dataclasses.replace(decision, auditable=False), None
         if not decision.allowed or not decision.rewrites:
             return decision, None
         sources = frozenset(r.old_source for r in decision.rewrites)
@@ -1259,6 +1288,8 @@ def _audited(decision: Decision) -> Decision:
         True,
         rule=f"audited:{decision.rule}",
         expect_image_id=decision.expect_image_id,
+        target=decision.target,
+        inspect=decision.inspect,
         details={**decision.details, "would_deny": decision.message},
     )
 

@@ -146,3 +146,68 @@ def test_audit_mode_off_is_enforcing(agent, via_agent, direct, stack, name):
                   stack.images["busybox"])  # fmt: skip
     assert r.returncode != 0
     assert direct("inspect", name).returncode != 0
+
+
+def _mount_sources(direct: Any, name: str) -> list[str]:
+    out = direct("inspect", "-f", "{{json .Mounts}}", name, check=True).stdout
+    return [m["Source"] for m in json.loads(out)]
+
+
+def test_audit_isolation_refusal_keeps_the_socket_rewrite(agent, via_agent, direct, stack, name):
+    """An allowed image's socket mount plus an isolation refusal (--privileged): audit mode
+    forwards it, but still with the container-facing socket, never the raw engine socket."""
+    cli = stack.images["dockercli"]
+    agent.set_settings(audited([cli]))
+    try:
+        r = via_agent(
+            "create", "--name", name, "--network", "none", "--privileged",
+            "-v", f"{stack.engine_socket}:/var/run/docker.sock", cli, "sleep", "600",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert _mount_sources(direct, name) == [agent.container_socket]
+    finally:
+        direct("rm", "-f", name)
+
+
+def test_audit_blocked_command_from_a_container_keeps_the_socket_rewrite(
+    agent, via_agent, direct, stack, name
+):
+    """A container whose command list blocks `docker create`: audit mode forwards the create,
+    but the socket mount in it still gets the container-facing socket."""
+    cli = stack.images["dockercli"]
+    agent.set_settings(audited([cli], commands=["ps"]))
+    inner = name + "-inner"
+    try:
+        r = via_agent(
+            "run", "-d", "--name", name, "--network", "none",
+            "-v", "/var/run/docker.sock:/var/run/docker.sock", cli, "sleep", "600",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = direct(
+            "exec", name, "docker", "create", "--name", inner, "--network", "none",
+            "-v", f"{stack.engine_socket}:/var/run/docker.sock", cli, "sleep", "600",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert _mount_sources(direct, inner) == [agent.container_socket]
+    finally:
+        direct("rm", "-f", name, inner)
+
+
+def test_audit_does_not_forward_an_unrewritable_socket_mount(agent, via_agent, direct, stack, name):
+    """A socket reached through a volume cannot be swapped for the container-facing socket:
+    audit mode keeps refusing it rather than handing over the raw engine socket."""
+    busybox = stack.images["busybox"]
+    agent.set_settings(audited([]))
+    volume = name + "-vol"
+    try:
+        r = direct(
+            "volume", "create", "-o", "type=none", "-o", "o=bind",
+            "-o", f"device={stack.engine_socket}", volume,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = via_agent("create", "--name", name, "--network", "none", "-v", f"{volume}:/x", busybox)
+        assert r.returncode != 0, "audit mode created a container holding the raw engine socket"
+        assert direct("inspect", name).returncode != 0
+    finally:
+        direct("rm", "-f", name)
+        direct("volume", "rm", volume)
