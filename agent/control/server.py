@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import h11
 
 from agent.control.api import MAX_BODY, Caller, ControlApp, Reply, Request, Stream, error
+from agent.service.sockets import listen_unix
 
 log = logging.getLogger("eci_agent.control")
 
@@ -93,19 +94,8 @@ class ControlServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        if self._sock is not None:
-            self._server = await asyncio.start_unix_server(self._serve, sock=self._sock)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        old_umask = os.umask(0o177)  # no window in which the socket is open to others
-        try:
-            self._server = await asyncio.start_unix_server(self._serve, path=self.path)
-        finally:
-            os.umask(old_umask)
-        if self.group is not None:
-            os.chown(self.path, -1, self.group)
-        os.chmod(self.path, self.mode)
+        sock = self._sock or listen_unix(self.path, self.mode, self.group)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -45,6 +45,7 @@ from agent.proxy.connection import (
     Verify,
 )
 from agent.proxy.identity import HOST, Identity, identity_of_pid
+from agent.service.sockets import listen_unix
 
 log = logging.getLogger("eci_agent.proxy")
 
@@ -623,24 +624,10 @@ class ProxyListener:
         return _Session(self.pool, self.gate, self.listener, self._sessions)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._sock is not None:
-            self._server = await loop.create_unix_server(
-                self._session, sock=self._sock, backlog=BACKLOG
-            )
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await loop.create_unix_server(
-                self._session, path=self.path, backlog=BACKLOG
-            )
-        finally:
-            os.umask(old_umask)
-        if self.group is not None:
-            os.chown(self.path, -1, self.group)
-        os.chmod(self.path, self.mode)
+        sock = self._sock or listen_unix(self.path, self.mode, self.group)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._session, sock=sock, backlog=BACKLOG
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
