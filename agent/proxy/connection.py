@@ -527,6 +527,11 @@ class ProxyConnection:
         """Client bytes waiting (unparsed) for the current exchange to end."""
         return len(self._cbuf)
 
+    @property
+    def inspecting(self) -> bool:
+        """Whether the bytes of a spliced stream are still read (BuildKit's /grpc)."""
+        return self._grpc is not None
+
     def engine_reusable(self) -> bool:
         """Whether the engine connection sits cleanly between requests (can serve another)."""
         return not self._engine_dirty and not self._engine_busy and self.phase is not Phase.SPLICED

@@ -45,6 +45,8 @@ from agent.proxy.connection import (
     Verify,
 )
 from agent.proxy.identity import HOST, Identity, identity_of_pid
+from agent.proxy.kernel_splice import KernelSplice
+from agent.proxy.kernel_splice import available as kernel_splice_available
 from agent.service.sockets import listen_unix
 
 log = logging.getLogger("eci_agent.proxy")
@@ -56,6 +58,12 @@ SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 BACKLOG = 4096
 #: Stop reading from one side while this much is buffered for the other.
 HIGH_WATER = 256 * 1024
+#: Hand spliced streams (attach, exec, /session) to the kernel (`kernel_splice`); setting
+#: ECI_AGENT_USERSPACE_STREAMS=1 keeps them in user space (to compare the two).
+KERNEL_SPLICE = kernel_splice_available() and os.environ.get("ECI_AGENT_USERSPACE_STREAMS") != "1"
+#: How often to try again to hand a stream to the kernel while bytes still wait in user
+#: space for one side (a client that does not read); after that the stream stays here.
+HANDOFF_TRIES = 20
 #: Kernel send buffer of the agent's engine connections. A unix stream socket queues what it
 #: sends against the sender's buffer (default ~208 KiB): a larger one lets an upload (`docker
 #: cp` in, `docker load`) go on with fewer writes cut short, pauses and wake-ups. Kernel memory,
@@ -316,6 +324,8 @@ class _Session(asyncio.Protocol):
         self.client_slow = False  # the client's write buffer is full
         self.closed = False
         self.spliced = False
+        self.kernel: KernelSplice | None = None  # the stream, once handed to the kernel
+        self.handoff_tries = 0
         self.client_done = False
         self.engine_done = False
 
@@ -343,6 +353,8 @@ class _Session(asyncio.Protocol):
         return True  # keep the transport: the response may still be on its way
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.kernel is not None:
+            return  # the transport let go of its socket for the kernel's copy
         # The client is gone: stop, whatever the engine still sends.
         self.close()
 
@@ -505,6 +517,8 @@ class _Session(asyncio.Protocol):
                 i = 0
             elif type(command) is Splice:
                 self.spliced = True
+                if KERNEL_SPLICE and not self.conn.inspecting:
+                    asyncio.get_running_loop().call_soon(self._hand_to_kernel)
             elif type(command) is StreamRefused:
                 self.gate.stream_refused(command, self.peer)
             elif type(command) is ShutdownEngine:
@@ -569,6 +583,63 @@ class _Session(asyncio.Protocol):
         ok, status, message = result
         return self.conn.verified(ok, status, message)
 
+    def _hand_to_kernel(self) -> None:
+        """Give a spliced stream's two sockets to `KernelSplice`, once nothing waits in user
+        space for either side; until then (or if that fails) the stream stays here."""
+        if self.closed or self.kernel is not None:
+            return
+        engine = self.engine
+        client_t = self.transport
+        if engine is None or not engine.alive or engine.transport is None or client_t is None:
+            log.debug("stream stays in user space: one side is gone")
+            return
+        engine_t = engine.transport
+        if (
+            self.waiting is not None
+            or self.queue
+            or self.to_engine
+            or client_t.get_write_buffer_size()
+            or engine_t.get_write_buffer_size()
+        ):
+            self.handoff_tries += 1
+            if self.handoff_tries <= HANDOFF_TRIES:
+                delay = 0.005 * self.handoff_tries
+                asyncio.get_running_loop().call_later(delay, self._hand_to_kernel)
+            else:
+                log.debug("stream stays in user space: bytes still wait for a slow peer")
+            return
+        client_fd = engine_fd = -1
+        try:
+            client_fd = os.dup(client_t.get_extra_info("socket").fileno())
+            engine_fd = os.dup(engine_t.get_extra_info("socket").fileno())
+            kernel = KernelSplice(
+                asyncio.get_running_loop(),
+                client_fd,
+                engine_fd,
+                self._kernel_done,
+                client_finished=self.client_done,
+                engine_finished=self.engine_done,
+            )
+        except (OSError, AttributeError) as err:
+            for fd in (client_fd, engine_fd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            log.debug("stream stays in user space: %s", err)
+            return
+        self.kernel = kernel
+        self.transport = None
+        self._detach()
+        engine.alive = False
+        engine_t.abort()  # nothing is buffered: the kernel copy owns duplicates of the sockets
+        client_t.abort()
+        kernel.start()
+        log.debug("stream handed to the kernel (splice)")
+
+    def _kernel_done(self) -> None:
+        if not self.closed:
+            self.close()
+
     # -- the end --------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -582,6 +653,8 @@ class _Session(asyncio.Protocol):
                 task.cancel()
         self.waiting = None
         self.queue = []
+        if self.kernel is not None:
+            self.kernel.close()
         engine = self.engine
         self.engine = None
         if engine is not None:

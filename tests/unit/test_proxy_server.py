@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.decide import ALLOW, Decision, deny
+from agent.proxy import server
 from agent.proxy.connection import Request, RequestHead, Verify
 from agent.proxy.server import HIGH_WATER, SNDBUF, EnginePool, Peer, ProxyListener
 
@@ -306,3 +308,99 @@ def _wmem_max() -> int:
             return int(f.read())
     except OSError:
         return 0
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel-splice", "user-space"])
+def test_a_spliced_stream_is_byte_exact_both_ways_with_half_close(
+    kernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Megabytes each way through an upgraded connection, whichever copies them; the stream
+    is handed to the kernel (or not) as configured, and the session ends with the stream."""
+    monkeypatch.setattr(server, "KERNEL_SPLICE", kernel and server.KERNEL_SPLICE)
+    down = bytes(range(256)) * 16 * 1024  # 4 MiB
+    up = bytes(reversed(range(256))) * 12 * 1024  # 3 MiB
+    seen: list[server._Session] = []
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        assert await r.readexactly(2) == b"{}"
+        w.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        await w.drain()
+        w.write(down[:1000])  # some before the handoff can have happened
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(down[1000:])
+        await w.drain()
+        got = await r.read()  # until the client's half-close reaches us
+        w.write(len(got).to_bytes(8, "big") + got[:64] + got[-64:])
+        await w.drain()
+        w.write_eof()
+
+    async def main() -> None:
+        async with rig(engine) as rg:
+            r, w = await rg.client()
+            w.write(
+                b"POST /exec/x/start HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n"
+                b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n{}"
+            )
+            assert (await read_head(r)).startswith(b"HTTP/1.1 101 ")
+            seen.extend(rg.listener._sessions)
+            assert await asyncio.wait_for(r.readexactly(len(down)), 10) == down
+            w.write(up)
+            await w.drain()
+            w.write_eof()
+            tail = await asyncio.wait_for(r.read(), 10)
+            assert tail == len(up).to_bytes(8, "big") + up[:64] + up[-64:]
+            await asyncio.sleep(0.05)
+            assert not rg.listener._sessions
+            w.close()
+
+    run(main())
+    assert len(seen) == 1
+    assert (seen[0].kernel is not None) is (kernel and server.KERNEL_SPLICE)
+
+
+def test_a_client_that_closes_mid_stream_ends_the_spliced_engine_connection() -> None:
+    """A client that closes (not half-closes) an attach whose engine side is quiet: the
+    engine connection is let go, not kept until the engine writes again."""
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nhi")
+        await w.drain()
+        await r.read()  # the client's end
+        # A quiet container: nothing more to say. The agent's side of this connection must
+        # be closed outright (POLLHUP), not only half-closed, without the engine writing.
+        sock = w.transport.get_extra_info("socket")
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        for _ in range(500):
+            if any(ev & select.POLLHUP for _, ev in poller.poll(0)):
+                hung_up.set()
+                return
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        async with rig(engine) as rg:
+            r, w = await rg.client()
+            w.write(
+                b"POST /containers/x/attach?stream=1&stdin=1 HTTP/1.1\r\nHost: d\r\n"
+                b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            )
+            assert (await read_head(r)).startswith(b"HTTP/1.1 101 ")
+            assert await r.readexactly(2) == b"hi"
+            session = next(iter(rg.listener._sessions))
+            for _ in range(100):
+                if session.kernel is not None or not server.KERNEL_SPLICE:
+                    break
+                await asyncio.sleep(0.01)
+            assert session.kernel is not None
+            w.close()
+            await asyncio.wait_for(hung_up.wait(), 6)
+            await asyncio.sleep(0.05)
+            assert not rg.listener._sessions
+
+    hung_up = asyncio.Event()
+    if not server.KERNEL_SPLICE:
+        pytest.skip("this kernel or Python cannot splice: the user-space driver waits")
+    run(main())
