@@ -7,15 +7,18 @@ timeout), so the tray makes them from worker threads (`gui.runner`), never from 
 from __future__ import annotations
 
 import errno
+import grp
 import http.client
 import json
+import os
 import socket
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_CONTROL_SOCKET = "/run/eci-agent/control.sock"
-#: The group the packaged service gives read access to (`--control-group eci-agent`).
+#: The group the packaged service gives read access to (`--control-group eci-agent`); the
+#: hint names the control socket's own group instead whenever it can be read.
 CONTROL_GROUP = "eci-agent"
 
 READ_TIMEOUT = 6.0  # status and features ask the engine too (its own timeout is 3 s)
@@ -39,10 +42,34 @@ class NoAccess(AgentUnavailable):
     """Permission denied: the socket's mode, or the agent's own check (SO_PEERCRED)."""
 
     title = "eci-agent: no access for you"
-    hint = (
-        f"Ask your administrator to add you to the {CONTROL_GROUP} group "
-        f"(sudo usermod -aG {CONTROL_GROUP} $USER), then log in again."
-    )
+
+    def __init__(self, message: str, group: str | None = CONTROL_GROUP) -> None:
+        super().__init__(message)
+        if group is None:
+            self.hint = (
+                "The agent gives its control API to no group here: ask your administrator to "
+                "start it with --control-group and to add you to that group."
+            )
+        else:
+            self.hint = (
+                f"Ask your administrator to add you to the {group} group "
+                f"(sudo usermod -aG {group} $USER), then log in again."
+            )
+
+
+def socket_group(path: str) -> str | None:
+    """The group that may use the control socket (the agent chowns it to its
+    `--control-group`); None when only root may (group root), CONTROL_GROUP if unknown."""
+    try:
+        gid = os.stat(path).st_gid
+    except OSError:
+        return CONTROL_GROUP
+    if gid == 0:
+        return None
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 class ActionFailed(Exception):
@@ -91,7 +118,7 @@ class ControlClient:
         ):
             return AgentNotRunning(f"nothing answers on the control socket {self.path}")
         if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM):
-            return NoAccess(f"permission denied on {self.path}")
+            return NoAccess(f"permission denied on {self.path}", socket_group(self.path))
         return AgentUnavailable(f"eci-agent is not reachable at {self.path}: {err}")
 
     def request(
@@ -118,7 +145,8 @@ class ControlClient:
         if resp.status >= 400:
             message = _message(raw, resp.status)
             if resp.status == 403 and method == "GET":
-                raise NoAccess(message)  # reads are refused only for who is asking
+                # reads are refused only for who is asking
+                raise NoAccess(message, socket_group(self.path))
             if method == "GET":
                 raise AgentUnavailable(f"eci-agent answered {resp.status} for {route}: {message}")
             raise ActionFailed(resp.status, message)

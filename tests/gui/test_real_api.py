@@ -5,6 +5,7 @@ with a small provider in place of the agent's services: proves the GUI's client 
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
@@ -221,7 +222,9 @@ def test_the_tray_speaks_the_real_control_api(server: Server, qtbot: Any) -> Non
     server.app.access = RefuseAll()
     qtbot.waitUntil(lambda: tray.view.level is Level.UNREACHABLE, timeout=5000)
     assert tray.view.title == "eci-agent: no access for you"
-    assert "add you to the eci-agent group" in tray.icon.toolTip()
+    # this control socket belongs to group root (no --control-group): the hint says so
+    assert os.stat(server.path).st_gid == 0
+    assert "gives its control API to no group" in tray.icon.toolTip()
     server.app.access = AccessPolicy()
     qtbot.waitUntil(lambda: tray.view.level is Level.OFF, timeout=5000)
 

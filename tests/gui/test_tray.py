@@ -417,3 +417,26 @@ def test_control_client_reports_a_missing_agent(tmp_path: Any) -> None:
         client.status()
     assert "systemctl start eci-agent" in err.value.hint
     assert isinstance(client._unavailable(PermissionError(13, "denied")), NoAccess)
+
+
+def test_no_access_hint_names_the_control_sockets_own_group(tmp_path: Any) -> None:
+    """The agent chowns its control socket to `--control-group`: the hint names that group,
+    whatever the site chose, and says so when only root may use the socket."""
+    import grp
+    import os
+    import socket as socketlib
+
+    path = str(tmp_path / "control.sock")
+    srv = socketlib.socket(socketlib.AF_UNIX)
+    srv.bind(path)
+    try:
+        group = grp.getgrnam("daemon")
+        os.chown(path, -1, group.gr_gid)
+        err = ControlClient(path)._unavailable(PermissionError(13, "denied"))
+        assert isinstance(err, NoAccess)
+        assert "add you to the daemon group" in err.hint
+        os.chown(path, -1, 0)
+        err = ControlClient(path)._unavailable(PermissionError(13, "denied"))
+        assert "--control-group" in err.hint and "daemon" not in err.hint
+    finally:
+        srv.close()
