@@ -401,6 +401,32 @@ def decide_socket_mount(
     )
 
 
+def decide_created_image(
+    image_name: str, verdict: ImageVerdict | None, settings_where: str
+) -> Decision:
+    """A socket-mount create judged on an earlier answer about the image name it gives, whose
+    container has another image: the name has moved on. Judged again on that image alone (the
+    rest of the judgment did not depend on the image). `verdict` None: it cannot be inspected.
+    """
+    if verdict is None:
+        why = "the image could not be inspected, so it cannot be verified"
+        return deny(
+            403, image_denied_message(image_name, why, settings_where), "socket-mount-image-unknown"
+        )
+    if not verdict.allowed:
+        return deny(
+            403,
+            image_denied_message(image_name, _why_not(verdict), settings_where),
+            "socket-mount-image",
+            reason=verdict.reason,
+        )
+    return Decision(
+        True,
+        rule="socket-mount-allowed",
+        details={"entry": verdict.entry or "", "reason": verdict.reason},
+    )
+
+
 def decide_container_peer(
     container: str, image_name: str, verdict: ImageVerdict | None, *, settings_where: str
 ) -> Decision:

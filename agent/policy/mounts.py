@@ -13,6 +13,7 @@ and looks up volumes and containers; `agent.policy.decide` judges the result.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,10 +337,13 @@ def _unescape_mountinfo(field: str) -> str:
 def parse_mountinfo(text: str) -> tuple[MountEntry, ...]:
     """Parse /proc/<pid>/mountinfo (proc(5)); unreadable lines are skipped."""
     entries: list[MountEntry] = []
-    for line in text.splitlines():
+    # Lines end with LF and fields are split by one space: the kernel escapes LF, space, tab
+    # and backslash in paths, but not CR or the other characters `str.splitlines` and
+    # `str.split()` would also split a path at.
+    for line in text.split("\n"):
         left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or not tail:
+        fields, tail = left.split(" "), right.split(" ")
+        if not sep or len(fields) < 5 or not tail[0]:
             continue
         major, _, minor = fields[2].partition(":")
         if not (major.isdigit() and minor.isdigit()):
@@ -361,6 +365,25 @@ def _under(path: str, folder: str) -> str | None:
         return ""
     prefix = folder.rstrip("/") + "/"
     return path[len(prefix) :] if path.startswith(prefix) else None
+
+
+def may_name_socket(intents: Iterable[MountIntent], sockets: Iterable[str]) -> bool:
+    """Whether a host path among `intents`, as written, is one of `sockets`, a folder above
+    one, or a file named `*.sock`.
+
+    Only a hint that the create probably mounts a socket (the gate then asks about the image
+    early); whether it does is found by resolving every path (`decide.find_exposures`).
+    """
+    cleaned = [clean_host_path(s) for s in sockets]
+    for intent in intents:
+        if not isinstance(intent, HostPath):
+            continue
+        source = clean_host_path(intent.source)
+        if source.endswith(".sock"):
+            return True
+        if any(_under(sock, source) is not None for sock in cleaned):
+            return True
+    return False
 
 
 def socket_aliases(

@@ -16,9 +16,9 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.events.store import EventStore
 from agent.policy import gojson
@@ -41,6 +41,7 @@ from agent.policy.decide import (
     VolumeFact,
     bad_request,
     decide_container_peer,
+    decide_created_image,
     decide_plugin,
     decide_socket_mount,
     decide_start,
@@ -92,6 +93,7 @@ from agent.policy.mounts import (
     create_mounts,
     exposed_socket,
     local_volume_mount,
+    may_name_socket,
     parse_bind_spec,
     parse_mountinfo,
     plugin_mounts,
@@ -111,11 +113,13 @@ from agent.proxy.connection import Request, RequestHead, StreamRefused, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
+from agent.proxy.server import _start as start_now
 from agent.registry.digests import DigestService
 from agent.settings.model import Effective, ImageList
 
 log = logging.getLogger("eci_agent.gate")
 events_log = logging.getLogger("eci_agent.events")
+_T = TypeVar("_T")
 
 #: Routes whose JSON body the policy reads.
 BODY_ROUTES = frozenset(
@@ -158,6 +162,14 @@ SENSITIVE_FOLDERS = (
 )
 #: How long what the engine said about a client's container is reused (name and image).
 CLIENT_TTL = 5.0
+#: How long the image a create's `Image` was found to be is reused for the next socket-mount
+#: creates naming it, without asking the engine again; and how many names are kept. Safe
+#: because such a create is checked after the fact anyway (`Gate.verify`: the created
+#: container's image ID must be the one judged, or one judged allowed just then).
+RESOLVED_TTL = 10.0
+RESOLVED_MAX = 256
+#: In an allowed decision's details: the image came from `_resolved` (see `Gate.verify`).
+REUSED = "image_reused"
 #: Creates whose labels tell a Compose project (the `compose` command of the command list).
 LABELLED_CREATES = frozenset(
     {"POST /containers/create", "POST /volumes/create", "POST /networks/create"}
@@ -183,6 +195,20 @@ class ClientContainer:
         if self.problem:
             out["identity_problem"] = self.problem
         return out
+
+
+@dataclass(slots=True)
+class _CreateImage:
+    """The image a create names, as one judgment of it finds it (see `_judge_create_checks`)."""
+
+    reused: LocalImage | None = None  # what the engine said a moment ago (`Gate._resolved`)
+    prefetch: asyncio.Future[LocalImage | None] | None = None  # the engine asked early
+    found: LocalImage | None = None  # the image the socket check judged
+    exceptions: bool = False  # isolation exceptions were judged on it
+
+
+class _AskAgain(Exception):
+    """A judgment made on a reused answer about the image must be made on a fresh one."""
 
 
 @dataclass
@@ -234,6 +260,35 @@ class Gate:
         )
         self._engine_info: tuple[float, EngineIsolation] | None = None
         self._networks: tuple[float, tuple[tuple[str, str], ...]] | None = None
+        #: The protected sockets as configured (for `may_name_socket`, a hint only).
+        self._socket_paths = (
+            *WELL_KNOWN_SOCKETS,
+            config.engine_socket,
+            *config.listen_sockets,
+            config.container_socket,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: A create's `Image` text -> (when, the image the engine said it was): see RESOLVED_TTL.
+        self._resolved: dict[str, tuple[float, LocalImage]] = {}
+
+    def _background(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+        """Start `coro` now (its first step runs at once: a question is on its way to the
+        engine when this returns); its answer may go unused: kept referenced until done, its
+        failure read (whoever awaits it gets the failure too)."""
+        try:
+            started = start_now(coro)
+        except Exception as err:  # noqa: BLE001 - handed to whoever awaits the answer
+            failed: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+            failed.set_exception(err)
+            failed.add_done_callback(_forget_task(self._tasks))
+            return failed
+        if not isinstance(started, asyncio.Task):
+            done: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+            done.set_result(started)
+            return done
+        self._tasks.add(started)
+        started.add_done_callback(_forget_task(self._tasks))
+        return started
 
     # -- the driver's questions ----------------------------------------------------------------
 
@@ -326,18 +381,63 @@ class Gate:
             log.warning("cannot inspect created container %s: %s", container_id, err)
         if actual == expected:
             return True, 201, ""
+        decision = None
+        if actual is not None and verify.decision.details.get(REUSED):
+            # Judged on an earlier answer about the image name, and the name has moved on
+            # since: forget those answers, and judge the image the container really has (by
+            # its ID, which cannot move) as a fresh look at the name would have.
+            self._resolved.clear()
+            named = (info.get("Config") or {}).get("Image") or actual
+            decision = decide_created_image(
+                _display_name(named),
+                await self._image_id_verdict(actual),
+                self.config.settings_where(),
+            )
+            if decision.allowed:
+                return True, 201, ""
         try:
             await self.engine.remove_container(container_id, force=True)
         except EngineError as err:
             log.error("cannot remove mismatched container %s: %s", container_id, err)
-        decision = deny(
-            403,
-            "docker socket mount denied: the image changed between the check and the create "
-            f"(checked {expected}, created with {actual}); the container was removed",
-            "socket-mount-race",
-        )
+        if decision is not None:
+            decision = dataclasses.replace(
+                decision, message=decision.message + " (the container was removed)"
+            )
+        else:
+            decision = deny(
+                403,
+                "docker socket mount denied: the image changed between the check and the create "
+                f"(checked {expected}, created with {actual}); the container was removed",
+                "socket-mount-race",
+            )
         self._record(verify.request, decision, peer, self.config.current())
         return False, 403, decision.message
+
+    async def _image_id_verdict(self, image_id: str) -> ImageVerdict | None:
+        """The verdict on the image with this ID (None: it cannot be judged; never raises, so
+        the caller can always remove a container it refuses)."""
+        try:
+            image = await self._local_image(image_id)
+            if image is None or image.id != image_id:
+                return None
+            return await self._image_verdict(image)
+        except Exception as err:  # noqa: BLE001 - fail closed: refused, and removed
+            log.warning("cannot judge image %s: %s", image_id, err)
+            return None
+
+    def _reusable_image(self, image_text: str) -> LocalImage | None:
+        found = self._resolved.get(image_text)
+        if found is None:
+            return None
+        if time.monotonic() - found[0] >= RESOLVED_TTL:
+            del self._resolved[image_text]
+            return None
+        return found[1]
+
+    def _keep_image(self, image_text: str, image: LocalImage) -> None:
+        if len(self._resolved) >= RESOLVED_MAX:
+            self._resolved.clear()
+        self._resolved[image_text] = (time.monotonic(), image)
 
     # -- judging --------------------------------------------------------------------------------
 
@@ -599,16 +699,50 @@ class Gate:
             decision = dataclasses.replace(decision, details={**decision.details, "image": named})
         return decision, rewritten
 
-    async def _judge_create_checks(self, body: GoObject) -> tuple[Decision, bytes | None]:
+    async def _judge_create_checks(
+        self, body: GoObject, *, reuse: bool = True
+    ) -> tuple[Decision, bytes | None]:
+        """The socket and isolation checks of a create.
+
+        `reuse`: a socket mount may be judged on what the engine said the image name was a
+        moment ago (`_resolved`), if that ends in a plain allow: no refusal, no isolation
+        exception (both depend on the image) comes from a reused answer; those are judged
+        again on a fresh one. The container created is checked after the fact (`verify`).
+        """
         try:
             intents = create_mounts(body)
         except UnreadableMount as err:
             return bad_request(f"cannot read the mounts of this create: {err}"), None
+        image = _CreateImage()
+        image_text = body.field("Image", "")
+        if intents and isinstance(image_text, str) and image_text:
+            image.reused = self._reusable_image(image_text) if reuse else None
+            if image.reused is None and may_name_socket(intents, self._socket_paths):
+                # Likely a socket mount: ask the engine about the image while the host paths
+                # are resolved (in a worker thread). Only a head start: the answer is used only
+                # if the exposure check below finds a socket, exactly as if asked then.
+                image.prefetch = self._background(self._local_image(image_text))
         facts = await self._host_facts(intents) if intents else None
-        decision, rewritten = await self._judge_create_socket(body, intents, facts)
-        if not decision.allowed:
+        decision, rewritten = await self._judge_create_socket(body, intents, facts, image)
+        if decision.allowed:
+            try:
+                decision, rewritten = await self._judge_create_isolation(
+                    body, intents, facts, decision, rewritten, image
+                )
+            except _AskAgain:
+                return await self._judge_create_checks(body, reuse=False)
+        if image.found is None:
             return decision, rewritten
-        return await self._judge_create_isolation(body, intents, facts, decision, rewritten)
+        plain = decision.allowed and not image.exceptions
+        if image.found is image.reused:
+            if not plain:
+                return await self._judge_create_checks(body, reuse=False)
+            return dataclasses.replace(decision, details={**decision.details, REUSED: "1"}), (
+                rewritten
+            )
+        if plain and isinstance(image_text, str):
+            self._keep_image(image_text, image.found)
+        return decision, rewritten
 
     async def _judge_create_isolation(
         self,
@@ -617,8 +751,15 @@ class Gate:
         host: HostFacts | None,
         socket_decision: Decision,
         rewritten: bytes | None,
+        image: _CreateImage,
     ) -> tuple[Decision, bytes | None]:
-        """After the socket check: the host powers the create asks for (policy.isolation)."""
+        """After the socket check: the host powers the create asks for (policy.isolation).
+
+        `image.found`: what the socket check found the create's image to be (None: it did not
+        ask); the isolation exceptions are judged on that same image, so one image ID is judged
+        and then checked after the create. Raises `_AskAgain` if that image was a reused answer
+        (exceptions are only granted on a fresh one).
+        """
         hc = body.field("HostConfig")
         facts = await self._isolation_facts(
             intents, host, namespace_targets(hc if isinstance(hc, GoObject) else None, body)
@@ -633,7 +774,12 @@ class Gate:
             settings_where=self.config.settings_where(),
         )
         if not decision.allowed and decision.status == 403:
-            verdicts, image_id = await self._exception_verdicts(image_text, decision, image_id=None)
+            if image.found is not None and image.found is image.reused:
+                raise _AskAgain
+            image.exceptions = True
+            verdicts, image_id = await self._exception_verdicts(
+                image_text, decision, image_id=None, image=image.found
+            )
             if verdicts:
                 decision = decide_isolation(
                     self.config.current().settings,
@@ -668,8 +814,14 @@ class Gate:
         return dataclasses.replace(decision, details={**decision.details, "runtime": runtime}), out
 
     async def _judge_create_socket(
-        self, body: GoObject, intents: tuple[MountIntent, ...], facts: HostFacts | None
+        self,
+        body: GoObject,
+        intents: tuple[MountIntent, ...],
+        facts: HostFacts | None,
+        found: _CreateImage,
     ) -> tuple[Decision, bytes | None]:
+        """The socket check of a create. Sets `found.found` to the image it judged, if any:
+        `found.reused` if set, else the engine's answer (`found.prefetch` if asked early)."""
         if not intents or facts is None:
             return ALLOW, None
         try:
@@ -684,13 +836,19 @@ class Gate:
         if not isinstance(image_text, str) or not image_text:
             return bad_request("a create that mounts the engine socket must name an image"), None
         image_name = _display_name(image_text)
-        image = await self._local_image(image_text)
+        if found.reused is not None:
+            image: LocalImage | None = found.reused
+        elif found.prefetch is not None:
+            image = await found.prefetch
+        else:
+            image = await self._local_image(image_text)
         if image is None:
             # Let the client pull and retry, as it does when the engine says so.
             return (
                 Decision(False, 404, f"No such image: {image_text}", "no-such-image"),
                 None,
             )
+        found.found = image
         verdict = await self._image_verdict(image)
         decision = decide_socket_mount(
             exposures,
@@ -984,9 +1142,13 @@ class Gate:
         *,
         image_id: str | None,
         violations: list[Violation] | None = None,
+        image: LocalImage | None = None,
     ) -> tuple[dict[int, ImageVerdict], str | None]:
         """Digest checks for the isolation exceptions whose names match (see
-        `isolation.matching_exceptions`): an exception is only for the image it names."""
+        `isolation.matching_exceptions`): an exception is only for the image it names.
+
+        `image`: the image `image_text` was already found to be for this request (judged
+        again as it is, not looked up again: the tag may have moved since)."""
         settings = self.config.current().settings
         if not settings.extensions.isolation_exceptions or not image_text:
             return {}, None
@@ -996,7 +1158,8 @@ class Gate:
         entries = matching_exceptions(settings, image_text, violations)
         if not entries:
             return {}, None
-        image = await self._local_image(image_id or image_text)
+        if image is None:
+            image = await self._local_image(image_id or image_text)
         if image is None:
             return {}, None
         verdicts: dict[int, ImageVerdict] = {}
@@ -1269,6 +1432,15 @@ class Gate:
         )
 
 
+def _forget_task(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # read: an unused failure is no "never retrieved" warning
+
+    return done
+
+
 def _preexisting(
     found: list[Violation], engine: EngineIsolation, info: dict[str, Any]
 ) -> list[Violation]:
@@ -1334,13 +1506,32 @@ def _resolve(path: str) -> ResolvedPath:
     )
 
 
+#: The last mount table read and what it parsed to (parsing is pure: same bytes, same table).
+_parsed_mounts: tuple[bytes, tuple[MountEntry, ...]] = (b"", ())
+
+
 def _mount_table() -> tuple[MountEntry, ...]:
-    """This process's mount table (the engine's too, when both run in the host namespace)."""
+    """This process's mount table (the engine's too, when both run in the host namespace).
+
+    Read afresh every time; parsed again only when its text changed."""
+    global _parsed_mounts
     try:
-        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-            return parse_mountinfo(f.read())
+        fd = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError:
         return ()
+    raw = b"".join(chunks)
+    last = _parsed_mounts
+    if raw and raw == last[0]:
+        return last[1]
+    table = parse_mountinfo(raw.decode("utf-8", "surrogateescape"))
+    _parsed_mounts = (raw, table)
+    return table
 
 
 def _container_fact(name: str, info: dict[str, Any]) -> ContainerFact:

@@ -233,6 +233,108 @@ def test_retagging_a_refused_image_as_an_allowed_one_is_refused(
         direct("rmi", fake)
 
 
+# -- the agent reuses what the engine said an image name was (Gate._resolved): try to defeat it
+
+
+def image_id(direct: Any, ref: str) -> str:
+    return str(direct("image", "inspect", "--format", "{{.Id}}", ref, check=True).stdout.strip())
+
+
+def socket_containers(direct: Any, stack: Any, agent: AgentProcess) -> dict[str, str]:
+    """Every container ON THE ENGINE that mounts a socket leading to it: name -> image ID."""
+    ids = direct("ps", "-aq", "--no-trunc", check=True).stdout.split()
+    if not ids:
+        return {}
+    out = direct("inspect", "--format", "{{json .}}", *ids, check=True).stdout
+    sockets = {agent.container_socket, agent.listen, stack.engine_socket, "/var/run/docker.sock"}
+    found = {}
+    for line in out.splitlines():
+        info = json.loads(line)
+        if any(m.get("Source") in sockets for m in info.get("Mounts") or []):
+            found[info["Name"].lstrip("/")] = info["Image"]
+    return found
+
+
+def _create_socket(via_agent: Any, name: str, ref: str) -> Any:
+    return via_agent(
+        "create", "--name", name, "--network", "none", "-v", "/var/run/docker.sock:/s", ref, "true"
+    )
+
+
+def test_a_name_retagged_between_two_creates_gets_no_socket_container(
+    agent, via_agent, direct, stack, name
+):
+    allowed, refused = registry_ref(stack, "dockercli"), registry_ref(stack, "busybox")
+    moving = f"local/moving-{name}:1"
+    agent.set_settings(settings_with([allowed]))
+    direct("tag", allowed, moving, check=True)
+    try:
+        r = _create_socket(via_agent, name + "-1", moving)
+        assert r.returncode == 0, r.stderr  # judged: the name is the allowed image
+        direct("tag", refused, moving, check=True)  # the name now is another image
+        for i in range(2, 5):
+            r = _create_socket(via_agent, f"{name}-{i}", moving)
+            assert r.returncode != 0 and "docker socket mount denied" in r.stderr, r.stderr
+        bad = image_id(direct, refused)
+        assert bad not in socket_containers(direct, stack, agent).values()
+        assert socket_containers(direct, stack, agent) == {name + "-1": image_id(direct, allowed)}
+    finally:
+        direct("rm", "-f", *(f"{name}-{i}" for i in range(1, 5)))
+        direct("rmi", moving)
+
+
+def test_a_name_removed_and_built_again_gets_no_socket_container(
+    agent, via_agent, direct, stack, name, tmp_path
+):
+    allowed = registry_ref(stack, "dockercli")
+    moving = f"local/rebuilt-{name}:1"
+    agent.set_settings(settings_with([allowed]))
+    direct("tag", allowed, moving, check=True)
+    ctx = tmp_path / "evil"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {registry_ref(stack, 'busybox')}\nLABEL evil=1\n")
+    try:
+        r = _create_socket(via_agent, name + "-1", moving)
+        assert r.returncode == 0, r.stderr
+        direct("rmi", moving, check=True)
+        direct("build", "-q", "-t", moving, str(ctx), check=True)
+        r = _create_socket(via_agent, name + "-2", moving)
+        assert r.returncode != 0 and "docker socket mount denied" in r.stderr, r.stderr
+        r = via_agent(
+            "run", "--rm", "--network", "none", "-v", "/var/run/docker.sock:/s", moving, "true"
+        )  # fmt: skip
+        assert r.returncode != 0 and "docker socket mount denied" in r.stderr, r.stderr
+        evil = image_id(direct, moving)
+        assert evil not in socket_containers(direct, stack, agent).values()
+        assert socket_containers(direct, stack, agent) == {name + "-1": image_id(direct, allowed)}
+    finally:
+        direct("rm", "-f", name + "-1", name + "-2")
+        direct("rmi", "-f", moving)
+
+
+def test_a_name_moved_to_another_allowed_image_is_served_with_that_image(
+    agent, via_agent, direct, stack, name
+):
+    first, second = registry_ref(stack, "dockercli"), registry_ref(stack, "busybox")
+    moving = f"local/moved-{name}:1"
+    agent.set_settings(settings_with([first, second]))
+    direct("tag", first, moving, check=True)
+    try:
+        assert _create_socket(via_agent, name + "-1", moving).returncode == 0
+        direct("tag", second, moving, check=True)
+        r = _create_socket(via_agent, name + "-2", moving)
+        assert r.returncode == 0, r.stderr  # no refusal because of the earlier answer
+        assert socket_containers(direct, stack, agent) == {
+            name + "-1": image_id(direct, first),
+            name + "-2": image_id(direct, second),
+        }
+        (mount,) = mounts_of(direct, name + "-2")
+        assert mount["Source"] == agent.container_socket
+    finally:
+        direct("rm", "-f", name + "-1", name + "-2")
+        direct("rmi", moving)
+
+
 def _build(via_agent: Any, tmp: Path, ref: str, dockerfile: str) -> None:
     ctx = tmp / ref.replace("/", "_").replace(":", "_")
     ctx.mkdir()

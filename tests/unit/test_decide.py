@@ -14,6 +14,7 @@ from agent.policy.decide import (
     MissingFact,
     Rewrite,
     VolumeFact,
+    decide_created_image,
     decide_plugin,
     decide_socket_mount,
     decide_start,
@@ -485,3 +486,19 @@ def test_container_peer_on_the_host_socket() -> None:
             '"docker.io/library/alpine"; container abababababab reached'
         )
         assert d.message.endswith("configure the docker socket image list in /etc/x")
+
+
+def test_decide_created_image() -> None:
+    allowed = decide_created_image("alpine", ALLOWED, "/etc/x.json")
+    assert allowed.allowed and allowed.rule == "socket-mount-allowed"
+    refused = decide_created_image("alpine", NOT_LISTED, "/etc/x.json")
+    assert not refused.allowed and refused.status == 403 and refused.rule == "socket-mount-image"
+    assert (
+        "image is not in the allowed list" in refused.message and "/etc/x.json" in refused.message
+    )
+    stale = decide_created_image(
+        "alpine", ImageVerdict(False, "stale", stale=("docker.io/library/alpine:3",)), "/etc/x"
+    )
+    assert not stale.allowed and "no longer matches the registry's digest" in stale.message
+    unknown = decide_created_image("alpine", None, "/etc/x.json")
+    assert not unknown.allowed and unknown.rule == "socket-mount-image-unknown"

@@ -18,6 +18,7 @@ from agent.policy.mounts import (
     create_mounts,
     exposed_socket,
     local_volume_mount,
+    may_name_socket,
     parse_bind_spec,
     parse_mountinfo,
     plugin_mounts,
@@ -564,6 +565,42 @@ def test_parse_mountinfo() -> None:
     assert table[0].mount_point == "/proc" and table[0].fstype == "proc"
     assert table[6].mount_point == "/srv/with space" and table[6].root == "/home/u"
     assert table[2].dev == (254, 0)
+
+
+@pytest.mark.parametrize("odd", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028"])
+def test_parse_mountinfo_splits_at_lf_and_space_only(odd: str) -> None:
+    # The kernel escapes only space, tab, LF and backslash in paths: any other character is
+    # part of the path, not a line or field break.
+    text = f"45 27 0:30 / /srv/a{odd}b rw - tmpfs tmpfs rw\n46 27 0:30 / /z rw - tmpfs tmpfs rw\n"
+    table = parse_mountinfo(text)
+    assert [e.mount_point for e in table] == [f"/srv/a{odd}b", "/z"]
+    assert table[0].dev == (0, 30) and table[0].fstype == "tmpfs"
+
+
+def test_may_name_socket() -> None:
+    sockets = ("/var/run/docker.sock", "/run/docker.sock", "/tmp/e/engine/docker.sock")
+
+    def hint(*intents: MountIntent) -> bool:
+        return may_name_socket(intents, sockets)
+
+    for source in (
+        "/var/run/docker.sock",
+        "/var/run//docker.sock",
+        "/var/run/./docker.sock",
+        "/var/run",
+        "/run/",
+        "/",
+        "/tmp/e",
+        "/tmp/e/engine/docker.sock",
+        "/home/u/agent.sock",
+    ):
+        assert hint(HostPath(source, "b")), source
+    for source in ("/home/u/src", "/var/run/docker.socket", "/tmp/e/engine2", "/var/lib"):
+        assert not hint(HostPath(source, "b")), source
+    # named volumes and other containers' mounts are found out by asking the engine anyway
+    assert not hint(NamedVolume("docker.sock", "v"), FromContainer("x", "f"))
+    assert hint(NamedVolume("data", "v"), HostPath("/var/run", "b"))
+    assert not hint()
 
 
 def test_socket_aliases() -> None:

@@ -1,0 +1,441 @@
+"""Gate.judge on creates against a scripted fake engine: which questions it asks the engine,
+and that the image it judges is the image it then expects (no re-tag window between checks)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agent.proxy.gate as gate_module
+from agent.policy.decide import Decision
+from agent.proxy.connection import Request, RequestHead, Verify
+from agent.proxy.engine_client import EngineError
+from agent.proxy.gate import Gate, GateConfig
+from agent.proxy.server import Peer
+from agent.settings.model import Effective
+from agent.settings.parse import parse_settings
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+IMAGE_A = {
+    "Id": "sha256:" + "1" * 64,
+    "RepoTags": ["example.com/app:1"],
+    "RepoDigests": [f"example.com/app@{DIGEST_A}"],
+    "RootFS": {"Layers": ["sha256:" + "c" * 64]},
+}
+IMAGE_B = {**IMAGE_A, "Id": "sha256:" + "2" * 64, "RepoDigests": [f"example.com/app@{DIGEST_B}"]}
+DIGEST_C = "sha256:" + "e" * 64
+IMAGE_C = {**IMAGE_A, "Id": "sha256:" + "3" * 64, "RepoDigests": [f"example.com/app@{DIGEST_C}"]}
+
+
+class Engine:
+    """Answers the gate's questions. An image inspect by name hands out `images` in turn (the
+    last one stays); by ID, the image of `known` with that ID. `containers`: ID -> image ID."""
+
+    def __init__(self, path: str, images: list[Any]) -> None:
+        self.path = path
+        self.images = images
+        self.known = {i["Id"]: i for i in (IMAGE_A, IMAGE_B, IMAGE_C)}
+        self.containers: dict[str, str] = {}
+        self.asked: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    def answer(self, method: str, target: str) -> tuple[int, Any]:
+        self.asked.append(f"{method} {target}")
+        if target.startswith("/v1.41/images/sha256:"):
+            image_id = target.split("/")[3]
+            if image_id in self.known:
+                return 200, self.known[image_id]
+            return 404, {"message": "no such image"}
+        if target.startswith("/v1.41/images/"):
+            image = self.images.pop(0) if len(self.images) > 1 else self.images[0]
+            if isinstance(image, int):
+                return image, {"message": f"image answer {image}"}
+            return 200, image
+        if target.startswith("/v1.41/containers/"):
+            cid = target.split("/")[3].split("?")[0]
+            if cid not in self.containers:
+                return 404, {"message": "no such container"}
+            if method == "DELETE":
+                del self.containers[cid]
+                return 204, None
+            return 200, {"Id": cid, "Image": self.containers[cid]}
+        if target.startswith("/v1.41/info"):
+            return 200, {"DockerRootDir": "/var/lib/docker", "SecurityOptions": []}
+        if target.startswith("/v1.41/networks"):
+            return 200, []
+        return 404, {"message": "not here"}
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await r.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+                status, doc = self.answer(method, target)
+                body = b"" if doc is None else json.dumps(doc).encode()
+                w.write(
+                    b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+                )
+                await w.drain()
+        finally:
+            w.close()
+
+    def image_inspects(self) -> int:
+        return sum(1 for t in self.asked if t.startswith("GET /v1.41/images/"))
+
+
+def settings(
+    exceptions: list[dict[str, Any]] | None = None, images: tuple[str, ...] = (DIGEST_A, DIGEST_B)
+) -> Effective:
+    doc: dict[str, Any] = {
+        "configurationFileVersion": 2,
+        "enhancedContainerIsolation": {
+            "value": True,
+            "locked": True,
+            "dockerSocketMount": {
+                "imageList": {"images": [f"example.com/app@{d}" for d in images]}
+            },
+        },
+    }
+    if exceptions is not None:
+        doc["eciAgent"] = {"isolationExceptions": exceptions}
+    return Effective(parse_settings(json.dumps(doc).encode()))
+
+
+def create(body: dict[str, Any]) -> Request:
+    raw = json.dumps(body).encode()
+    head = RequestHead(
+        "POST",
+        "/v1.41/containers/create",
+        ((b"Host", b"d"), (b"Content-Type", b"application/json")),
+    )
+    return Request(head, raw, True)
+
+
+HOST = Peer(1, 0, 0, "host")
+
+
+class Rig:
+    """A gate in front of the fake engine, for several questions in one event loop."""
+
+    def __init__(self, tmp_path: Path, images: list[Any], effective: Effective) -> None:
+        self.engine_sock = str(tmp_path / "engine.sock")
+        self.effective = effective
+        self.engine = Engine(self.engine_sock, list(images))
+        self.errors: list[dict[str, Any]] = []
+        self.gate = Gate(
+            GateConfig(
+                engine_socket=self.engine_sock,
+                listen_sockets=(str(tmp_path / "agent.sock"),),
+                container_socket=str(tmp_path / "run" / "docker.sock"),
+                settings_where=lambda: "test",
+                current=lambda: self.effective,
+            )
+        )
+
+    async def __aenter__(self) -> Rig:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: self.errors.append(ctx))
+        self.engine.server = await asyncio.start_unix_server(
+            self.engine._serve, path=self.engine_sock
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.05)  # let an unused early question finish
+        gc.collect()
+        await self.gate.engine.close()
+        await asyncio.sleep(0.05)  # the fake engine sees its connections closed
+        assert self.engine.server is not None
+        self.engine.server.close()
+
+    async def judge(self, body: dict[str, Any]) -> tuple[Decision, bytes | None]:
+        return await self.gate.judge(create(body), HOST)
+
+    async def create(self, body: dict[str, Any], image_id: str) -> tuple[bool, int, str]:
+        """Judge `body`, then play the engine creating a container with image `image_id` and
+        ask the gate's after-the-fact check about it."""
+        decision, _ = await self.judge(body)
+        assert decision.allowed and decision.expect_image_id, decision.message
+        cid = f"c{len(self.engine.containers)}{image_id[-6:]}"
+        self.engine.containers[cid] = image_id
+        answer = json.dumps({"Id": cid, "Warnings": []}).encode()
+        return await self.gate.verify(Verify(create(body), decision, 201, answer), HOST)
+
+
+def judge(
+    tmp_path: Path,
+    images: list[Any],
+    body: Callable[[str], dict[str, Any]],
+    effective: Effective | None = None,
+    patch: Callable[[Gate], None] | None = None,
+) -> tuple[Any, bytes | None, Engine, list[dict[str, Any]]]:
+    """Judge the create `body(engine_socket)` once on a new gate; also returns the loop's
+    unhandled errors."""
+    rig = Rig(tmp_path, images, effective or settings())
+
+    async def main() -> tuple[Decision, bytes | None]:
+        async with rig:
+            if patch is not None:
+                patch(rig.gate)
+            return await rig.judge(body(rig.engine_sock))
+
+    decision, rewritten = asyncio.run(main())
+    return decision, rewritten, rig.engine, rig.errors
+
+
+def socket_create(engine_sock: str, **host_config: Any) -> dict[str, Any]:
+    return {
+        "Image": "example.com/app:1",
+        "HostConfig": {"Binds": [f"{engine_sock}:/var/run/docker.sock"], **host_config},
+    }
+
+
+def test_a_socket_create_asks_about_its_image_once_and_expects_that_image(tmp_path: Path) -> None:
+    decision, rewritten, engine, errors = judge(tmp_path, [IMAGE_A], socket_create)
+    assert decision.allowed, decision.message
+    assert decision.expect_image_id == IMAGE_A["Id"]
+    assert rewritten is not None and str(tmp_path / "run" / "docker.sock").encode() in rewritten
+    assert engine.image_inspects() == 1
+    assert not errors
+
+
+def test_isolation_exceptions_are_judged_on_the_image_the_socket_check_judged(
+    tmp_path: Path,
+) -> None:
+    # The tag moves from B (socket-allowed only) to A (also allowed --privileged) between two
+    # looks at it: the exception must not be granted on A while B is what is expected.
+    exceptions = [{"images": [f"example.com/app@{DIGEST_A}"], "allow": ["--privileged"]}]
+    decision, _, engine, _ = judge(
+        tmp_path,
+        [IMAGE_B, IMAGE_A],
+        lambda sock: socket_create(sock, Privileged=True),
+        settings(exceptions),
+    )
+    assert not decision.allowed
+    assert decision.status == 403 and "--privileged" in decision.message
+    assert engine.image_inspects() == 1
+
+
+def test_an_exception_for_the_image_still_applies_with_a_socket_mount(tmp_path: Path) -> None:
+    exceptions = [{"images": [f"example.com/app@{DIGEST_A}"], "allow": ["--privileged"]}]
+    decision, _, engine, _ = judge(
+        tmp_path, [IMAGE_A], lambda sock: socket_create(sock, Privileged=True), settings(exceptions)
+    )
+    assert decision.allowed, decision.message
+    assert decision.expect_image_id == IMAGE_A["Id"]
+    assert engine.image_inspects() == 1
+
+
+def test_an_ordinary_bind_asks_nothing_about_the_image(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    decision, rewritten, engine, _ = judge(
+        tmp_path,
+        [IMAGE_A],
+        lambda sock: {
+            "Image": "example.com/app:1",
+            "HostConfig": {"Binds": [f"{tmp_path}/src:/src"]},
+        },
+    )
+    assert decision.allowed and decision.expect_image_id is None and rewritten is None
+    assert engine.image_inspects() == 0
+
+
+def test_a_sock_file_that_is_no_socket_is_asked_about_early_but_not_judged(tmp_path: Path) -> None:
+    (tmp_path / "not-a-socket.sock").write_text("")
+    body = {
+        "Image": "example.com/app:1",
+        "HostConfig": {"Binds": [f"{tmp_path}/not-a-socket.sock:/x.sock"]},
+    }
+    decision, rewritten, engine, errors = judge(tmp_path, [IMAGE_A], lambda sock: body)
+    assert decision.allowed and decision.expect_image_id is None and rewritten is None
+    assert engine.image_inspects() == 1  # the early question, unused
+    assert not errors
+
+
+def test_an_early_question_that_fails_fails_closed_only_when_needed(tmp_path: Path) -> None:
+    decision, _, _, errors = judge(tmp_path, [500], socket_create)
+    assert not decision.allowed and decision.status == 503
+    assert "image answer 500" in decision.message
+    assert not errors
+
+    (tmp_path / "x.sock").write_text("")
+    body = {"Image": "example.com/app:1", "HostConfig": {"Binds": [f"{tmp_path}/x.sock:/x.sock"]}}
+    decision, _, _, errors = judge(tmp_path, [500], lambda sock: body)
+    assert decision.allowed
+    assert not errors  # the failed early question is no "exception never retrieved"
+
+
+def test_an_early_question_that_fails_at_once_fails_closed_only_when_needed(
+    tmp_path: Path,
+) -> None:
+    def patch(gate: Gate) -> None:
+        async def fails_at_once(name: str) -> None:
+            raise EngineError(0, "cannot ask")
+
+        gate._local_image = fails_at_once  # type: ignore[method-assign,assignment]
+
+    decision, _, _, errors = judge(tmp_path, [IMAGE_A], socket_create, patch=patch)
+    assert not decision.allowed and decision.status == 503 and "cannot ask" in decision.message
+    assert not errors
+    (tmp_path / "x.sock").write_text("")
+    body = {"Image": "example.com/app:1", "HostConfig": {"Binds": [f"{tmp_path}/x.sock:/x.sock"]}}
+    decision, _, _, errors = judge(tmp_path, [IMAGE_A], lambda sock: body, patch=patch)
+    assert decision.allowed
+    assert not errors
+
+
+def test_a_missing_image_is_the_engine_style_404(tmp_path: Path) -> None:
+    decision, _, _, _ = judge(tmp_path, [404], socket_create)
+    assert not decision.allowed and decision.status == 404
+    assert decision.rule == "no-such-image"
+
+
+def test_the_mount_table_is_read_every_time_and_parsed_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
+    info = tmp_path / "mountinfo"
+    info.write_text(line)
+    monkeypatch.setattr(gate_module, "MOUNTINFO", str(info))
+    first = gate_module._mount_table()
+    assert [e.mount_point for e in first] == ["/mnt2"]
+    assert gate_module._mount_table() is first  # same text: the same parse
+    info.write_text(line + line.replace("/mnt2", "/a\rb"))
+    second = gate_module._mount_table()
+    assert [e.mount_point for e in second] == ["/mnt2", "/a\rb"]
+    os.unlink(info)
+    assert gate_module._mount_table() == ()
+
+
+# -- reusing what the engine said about an image name (Gate._resolved) ---------------------------
+
+
+def run_rig(
+    tmp_path: Path, images: list[Any], script: Any, effective: Effective | None = None
+) -> Rig:
+    rig = Rig(tmp_path, images, effective or settings())
+
+    async def main() -> None:
+        async with rig:
+            await script(rig)
+
+    asyncio.run(main())
+    assert not rig.errors
+    return rig
+
+
+def test_the_next_socket_create_reuses_the_answer_and_is_checked_after(tmp_path: Path) -> None:
+    async def script(rig: Rig) -> None:
+        body = socket_create(rig.engine_sock)
+        first, _ = await rig.judge(body)
+        assert gate_module.REUSED not in first.details
+        assert await rig.create(body, IMAGE_A["Id"]) == (True, 201, "")
+        second, rewritten = await rig.judge(body)
+        assert second.allowed and second.details[gate_module.REUSED]
+        assert second.expect_image_id == IMAGE_A["Id"] and rewritten is not None
+
+    rig = run_rig(tmp_path, [IMAGE_A], script)
+    assert rig.engine.image_inspects() == 1
+    assert not [a for a in rig.engine.asked if a.startswith("DELETE")]
+
+
+def test_the_answer_is_reused_only_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gate_module, "RESOLVED_TTL", 0.0)
+
+    async def script(rig: Rig) -> None:
+        for _ in range(2):
+            decision, _ = await rig.judge(socket_create(rig.engine_sock))
+            assert decision.allowed and gate_module.REUSED not in decision.details
+
+    assert run_rig(tmp_path, [IMAGE_A], script).engine.image_inspects() == 2
+
+
+def test_a_reused_answer_never_refuses_the_image_asks_again(tmp_path: Path) -> None:
+    async def script(rig: Rig) -> None:
+        body = socket_create(rig.engine_sock)
+        assert (await rig.judge(body))[0].allowed  # A, kept
+        rig.effective = settings(images=(DIGEST_B,))  # A is refused from now on ...
+        decision, _ = await rig.judge(body)  # ... but the name has moved to B meanwhile
+        assert decision.allowed and decision.expect_image_id == IMAGE_B["Id"]
+        assert gate_module.REUSED not in decision.details
+
+    assert run_rig(tmp_path, [IMAGE_A, IMAGE_B], script).engine.image_inspects() == 2
+
+
+def test_a_reused_answer_grants_no_isolation_exception(tmp_path: Path) -> None:
+    # The exception is for A. The name moved from A to B (socket-allowed, no exception) after
+    # A was judged: a reused answer (A) must not get B a --privileged container.
+    exceptions = [{"images": [f"example.com/app@{DIGEST_A}"], "allow": ["--privileged"]}]
+
+    async def script(rig: Rig) -> None:
+        assert (await rig.judge(socket_create(rig.engine_sock)))[0].allowed  # A, kept
+        decision, _ = await rig.judge(socket_create(rig.engine_sock, Privileged=True))
+        assert not decision.allowed and decision.status == 403
+        assert "--privileged" in decision.message
+
+    rig = run_rig(tmp_path, [IMAGE_A, IMAGE_B], script, settings(exceptions))
+    assert rig.engine.image_inspects() == 2
+
+
+def test_a_name_moved_to_another_allowed_image_is_still_served(tmp_path: Path) -> None:
+    async def script(rig: Rig) -> None:
+        body = socket_create(rig.engine_sock)
+        assert await rig.create(body, IMAGE_A["Id"]) == (True, 201, "")
+        # judged on the reused answer (A); the engine created it with B, also allowed
+        assert await rig.create(body, IMAGE_B["Id"]) == (True, 201, "")
+        assert rig.gate._resolved == {}  # the stale answer is forgotten
+
+    rig = run_rig(tmp_path, [IMAGE_A], script)
+    assert f"GET /v1.41/images/{IMAGE_B['Id']}/json" in rig.engine.asked
+    assert not [a for a in rig.engine.asked if a.startswith("DELETE")]
+    assert sorted(rig.engine.containers.values()) == sorted([IMAGE_A["Id"], IMAGE_B["Id"]])
+
+
+def test_a_name_moved_to_a_refused_image_is_removed(tmp_path: Path) -> None:
+    async def script(rig: Rig) -> None:
+        body = socket_create(rig.engine_sock)
+        assert await rig.create(body, IMAGE_A["Id"]) == (True, 201, "")
+        ok, status, message = await rig.create(body, IMAGE_C["Id"])  # C: not in the list
+        assert (ok, status) == (False, 403)
+        assert "image is not in the allowed list" in message
+        assert message.endswith("(the container was removed)")
+
+    rig = run_rig(tmp_path, [IMAGE_A], script)
+    assert list(rig.engine.containers.values()) == [IMAGE_A["Id"]]  # C's container removed
+    assert len([a for a in rig.engine.asked if a.startswith("DELETE")]) == 1
+
+
+def test_a_fresh_answer_that_does_not_match_is_removed_without_a_second_look(
+    tmp_path: Path,
+) -> None:
+    async def script(rig: Rig) -> None:
+        ok, status, _ = await rig.create(socket_create(rig.engine_sock), IMAGE_B["Id"])
+        assert (ok, status) == (False, 403)
+
+    rig = run_rig(tmp_path, [IMAGE_A], script)
+    assert rig.engine.containers == {}
+    assert rig.engine.image_inspects() == 1  # the judgment's own; B is not looked at
+
+
+def test_a_name_moved_to_an_image_that_cannot_be_judged_is_removed(tmp_path: Path) -> None:
+    async def script(rig: Rig) -> None:
+        body = socket_create(rig.engine_sock)
+        assert await rig.create(body, IMAGE_A["Id"]) == (True, 201, "")
+        ok, status, message = await rig.create(body, "sha256:" + "9" * 64)  # unknown to all
+        assert (ok, status) == (False, 403)
+        assert "could not be inspected" in message
+
+    rig = run_rig(tmp_path, [IMAGE_A], script)
+    assert list(rig.engine.containers.values()) == [IMAGE_A["Id"]]
