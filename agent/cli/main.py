@@ -263,6 +263,21 @@ async def _serve(args: argparse.Namespace) -> int:
         mode=0o666,
         sock=activated.get("container"),
     )
+
+    def close_weaker_streams() -> None:
+        closed = host.close_weaker_streams() + container.close_weaker_streams()
+        if closed:
+            log.warning(
+                "closed %d BuildKit stream(s) opened before the policy in force read them; "
+                "builds in progress on them fail and can be run again",
+                closed,
+            )
+
+    # Updates come from the watcher's thread (or the control API's switch): act in the loop.
+    def on_policy_change(change: Any) -> None:
+        loop.call_soon_threadsafe(close_weaker_streams)
+
+    unsubscribe = state.subscribe(on_policy_change)
     notifier = systemd.Notifier()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -285,6 +300,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         log.info("stopping")
+        unsubscribe()
         await notifier.stop()
         await host.stop()
         await container.stop()

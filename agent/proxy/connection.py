@@ -521,6 +521,9 @@ class ProxyConnection:
         self._engine_busy = False  # a request is in flight on the engine connection
         self._engine_dirty = False  # engine connection used and must be replaced
         self.requests_seen = 0
+        #: Once spliced: the request that opened the stream, and how its bytes are read.
+        self.stream_head: RequestHead | None = None
+        self.stream_inspect: str | None = None
 
     @property
     def backlog(self) -> int:
@@ -1164,6 +1167,8 @@ class ProxyConnection:
         self._engine_dirty = True
         ex = self._ex
         inspect = ex.decision.inspect if ex is not None and ex.decision is not None else None
+        self.stream_head = ex.head if ex is not None else None
+        self.stream_inspect = inspect
         if inspect in ("grpc", "grpc-audit") and ex is not None:
             # BuildKit's gRPC: what the client sends is read frame by frame, and a Solve that
             # asks for host powers is cut before the engine has it whole.

@@ -304,6 +304,24 @@ class Gate:
         self._routed = (head, target, match)
         return match is not None and match.route.key in BODY_ROUTES
 
+    def is_grpc(self, head: RequestHead) -> bool:
+        """Whether this request is BuildKit's `POST /grpc` upgrade, routed as the engine would
+        (a target that cannot be mapped counts as one: it might be)."""
+        try:
+            target = canonical_target(head.target)
+        except BadTarget:
+            return True
+        match = match_route(head.method, target.path)
+        return match is not None and match.route.key == GRPC_ROUTE
+
+    def grpc_inspection(self) -> str | None:
+        """What a `/grpc` stream opened now gets: "grpc" (read, refusals cut it), "grpc-audit"
+        (read, refusals recorded only) or None (ECI off: not read)."""
+        effective = self.config.current()
+        if not effective.eci_enabled:
+            return None
+        return "grpc-audit" if effective.settings.extensions.audit_mode else "grpc"
+
     def _route(self, head: RequestHead) -> tuple[Target, RouteMatch | None]:
         """Raises BadTarget. Reuses what `needs_body` found for the very same head object."""
         routed = self._routed

@@ -129,6 +129,10 @@ class Gate(Protocol):
 
     def stream_refused(self, refused: StreamRefused, peer: Peer) -> None: ...
 
+    def is_grpc(self, head: RequestHead) -> bool: ...
+
+    def grpc_inspection(self) -> str | None: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # Running a coroutine's first step now
@@ -325,6 +329,8 @@ class _Session(asyncio.Protocol):
         self.closed = False
         self.spliced = False
         self.kernel: KernelSplice | None = None  # the stream, once handed to the kernel
+        #: A spliced BuildKit /grpc stream: how it is read ("grpc", "grpc-audit", "unread").
+        self.grpc_stream: str | None = None
         self.handoff_tries = 0
         self.client_done = False
         self.engine_done = False
@@ -517,6 +523,9 @@ class _Session(asyncio.Protocol):
                 i = 0
             elif type(command) is Splice:
                 self.spliced = True
+                head = self.conn.stream_head
+                if head is not None and self.gate.is_grpc(head):
+                    self.grpc_stream = self.conn.stream_inspect or "unread"
                 if KERNEL_SPLICE and not self.conn.inspecting:
                     asyncio.get_running_loop().call_soon(self._hand_to_kernel)
             elif type(command) is StreamRefused:
@@ -701,6 +710,18 @@ class ProxyListener:
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._session, sock=sock, backlog=BACKLOG
         )
+
+    def close_weaker_streams(self) -> int:
+        """After a policy change: end the BuildKit streams opened under a weaker one (ECI off,
+        or audit mode) when /grpc is now read and cut. Their bytes were never read, or read
+        only to record, and a Solve sent on them now would reach the engine unjudged; BuildKit
+        reports the lost connection and the next build opens a new, inspected one."""
+        if self.gate.grpc_inspection() != "grpc":
+            return 0
+        weaker = [s for s in self._sessions if s.grpc_stream in ("unread", "grpc-audit")]
+        for session in weaker:
+            session.close()
+        return len(weaker)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -43,6 +43,14 @@ class FakeGate:
     async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]:
         return True, 201, ""
 
+    inspection: str | None = None  # what a /grpc stream opened now gets (None: ECI off)
+
+    def is_grpc(self, head: RequestHead) -> bool:
+        return head.target.split("?")[0].endswith("/grpc")
+
+    def grpc_inspection(self) -> str | None:
+        return self.inspection
+
 
 class Rig:
     def __init__(self, tmp: Path, handler: Handler, gate: FakeGate) -> None:
@@ -403,4 +411,47 @@ def test_a_client_that_closes_mid_stream_ends_the_spliced_engine_connection() ->
     hung_up = asyncio.Event()
     if not server.KERNEL_SPLICE:
         pytest.skip("this kernel or Python cannot splice: the user-space driver waits")
+    run(main())
+
+
+def test_streams_opened_under_a_weaker_policy_are_closed_when_grpc_gets_read() -> None:
+    """A /grpc stream opened while ECI was off is copied unread; once /grpc streams are read
+    and cut, it is closed (a Solve on it would reach the engine unjudged). Other spliced
+    streams (attach) stay; nothing happens while the policy stays weak."""
+
+    async def engine(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        await w.drain()
+        await r.read()
+
+    async def main() -> None:
+        gate = FakeGate()
+        async with rig(engine, gate) as rg:
+            streams = {}
+            for name, target in (("grpc", "/v1.41/grpc"), ("attach", "/containers/x/attach")):
+                r, w = await rg.client()
+                w.write(
+                    f"POST {target} HTTP/1.1\r\nHost: d\r\nConnection: Upgrade\r\n"
+                    "Upgrade: h2c\r\n\r\n".encode()
+                )
+                assert (await read_head(r)).startswith(b"HTTP/1.1 101 ")
+                streams[name] = (r, w)
+            await asyncio.sleep(0.05)
+            modes = sorted(str(s.grpc_stream) for s in rg.listener._sessions)
+            assert modes == ["None", "unread"]
+            assert rg.listener.close_weaker_streams() == 0  # still ECI off
+            gate.inspection = "grpc-audit"
+            assert rg.listener.close_weaker_streams() == 0  # read to record: still weaker
+            gate.inspection = "grpc"
+            assert rg.listener.close_weaker_streams() == 1
+            assert await asyncio.wait_for(streams["grpc"][0].read(), 5) == b""
+            assert len(rg.listener._sessions) == 1
+            attach_r, attach_w = streams["attach"]
+            attach_w.write(b"still here")
+            await attach_w.drain()
+            assert not attach_r.at_eof()
+            for _, w in streams.values():
+                w.close()
+
     run(main())
