@@ -14,6 +14,9 @@ run: ## run the agent in front of an engine (starts an isolated one if none answ
 test: ## the whole suite, as CI runs it (lint, types, unit, e2e on a private dockerd, gui)
 	scripts/test
 
+native: venv ## compile the proxy's hot modules with mypyc (optional: else pure Python)
+	scripts/build-native
+
 unit: venv ## fast tests of the pure core only
 	$(VENV)/python -m pytest tests/unit -q
 

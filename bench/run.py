@@ -217,6 +217,15 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
             cpu = m.CpuMeter(pid)
             cpu0 = m.proc_cpu_seconds(pid)
             report.machine = _machine(engine, stack.docker_cli or "docker")
+            # compiled with mypyc or pure Python (agent/native.py), as the agent logged it
+            report.machine["agent proxy code"] = next(
+                (
+                    ln.split("proxy code: ", 1)[1]
+                    for ln in agent.log().splitlines()
+                    if "proxy code: " in ln
+                ),
+                "?",
+            )
             targets = {"direct": engine, "proxy": agent.listen}
             # The small requests, streams and load also go through the reference floor.
             measured = dict(targets)

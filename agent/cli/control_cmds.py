@@ -220,7 +220,11 @@ def print_status(doc: Mapping[str, Any]) -> None:
     for item in doc.get("needsRepull") or []:
         print(f"  needs re-pull: {item['image']}: fix: {item['fix']}")
     agent = doc.get("agent") or {}
-    print(f"  agent: eci-agent {agent.get('version')}, pid {agent.get('pid')}")
+    code = (agent.get("code") or {}).get("summary")
+    print(
+        f"  agent: eci-agent {agent.get('version')}, pid {agent.get('pid')}"
+        + (f"; proxy code: {code}" if code else "")
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import paths
+from agent import native, paths
 from agent.cli import control_cmds, doctor_cmds, features_cmds, registry_cmds
 from agent.service import systemd
 from agent.settings.loader import Missing, Refused, load_settings
@@ -321,6 +321,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not os.path.exists(args.engine):
         log.warning("engine socket %s does not exist (yet); requests will fail", args.engine)
+    code = native.status()
+    log.log(logging.WARNING if code.stale else logging.INFO, "proxy code: %s", code.describe())
     _install_loop_policy()
     return asyncio.run(_serve(args))
 

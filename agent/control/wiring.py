@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import native
 from agent.control.api import AccessPolicy, ActionRefused, Caller, ControlApp, NotAvailable
 from agent.control.server import ControlServer
 from agent.events.model import Kind, format_time
@@ -45,6 +46,12 @@ def agent_version() -> str:
         return importlib.metadata.version("eci-agent")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _code() -> dict[str, Any]:
+    """Whether this process runs the mypyc-compiled hot modules (agent/native.py)."""
+    code = native.status()
+    return {"compiled": code.compiled, "stale": code.stale, "summary": code.describe()}
 
 
 def _when(seconds: float | None) -> str | None:
@@ -349,6 +356,7 @@ class AgentServices:
                 "version": agent_version(),
                 "pid": os.getpid(),
                 "startedAt": _when(self.started_at),
+                "code": _code(),
             },
             "enforcing": effective.eci_enabled and not settings.extensions.audit_mode,
             "audit": effective.eci_enabled and settings.extensions.audit_mode,

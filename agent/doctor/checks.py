@@ -675,6 +675,19 @@ def check_agent(facts: DoctorFacts) -> list[Finding]:
             f"eci-agent {info.get('version')} (pid {info.get('pid')}) answers on {agent.control}",
         )
     ]
+    code = info.get("code")
+    if isinstance(code, dict) and code.get("summary"):
+        # Performance only: pure Python enforces the same policy, a stale build is just unused.
+        out.append(
+            Finding(
+                "agent-code",
+                WARN if code.get("stale") else OK,
+                f"proxy code: {code['summary']}",
+                "run `make native` in eci-agent's checkout, then restart it"
+                if code.get("stale")
+                else "",
+            )
+        )
     mode = status.get("mode") or ("enforcing" if status.get("enforcing") else "off")
     where = (status.get("settings") or {}).get("source") or "the built-in default"
     if mode == "enforcing":

@@ -46,6 +46,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Final
 
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
@@ -470,9 +471,15 @@ class _Resp:
     )
 
     # state: where in the response we are
-    HEAD, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+    HEAD: Final = 0
+    LENGTH: Final = 1
+    CHUNKED: Final = 2
+    UNTIL_CLOSE: Final = 3
     # mode: what happens to the body
-    PASS, HOLD, DECHUNK, CHUNK = range(4)
+    PASS: Final = 0
+    HOLD: Final = 1
+    DECHUNK: Final = 2
+    CHUNK: Final = 3
 
     def __init__(self, capture: bool) -> None:
         self.capture = capture  # the parser hands over the body (to hold it, or de-chunk it)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from agent import native
 from agent.cli.main import main
 from agent.control.client import AgentNotRunning, ControlClient, Refused
 from agent.control.wiring import AgentServices, ServicesConfig
@@ -139,6 +140,9 @@ def test_status_reports_the_policy_and_what_the_engine_says(
     assert doc["engine"]["version"] == "99.1.0" and doc["engine"]["apiVersion"] == "1.99"
     assert doc["listeners"] == {"host": str(rig.tmp / "agent.sock"), "control": rig.control}
     assert doc["events"]["path"] == str(rig.tmp / "events.db")
+    # which code this process runs: the mypyc build, or pure Python and why (agent/native.py)
+    assert doc["agent"]["code"]["summary"] == native.status().describe()
+    assert doc["agent"]["code"]["compiled"] is native.status().compiled
 
     code, out, _ = cli(capsys, "status", "--control", rig.control)
     assert code == 0

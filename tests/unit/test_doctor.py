@@ -209,6 +209,24 @@ def test_the_agent(status: dict[str, Any], expected: list[str]) -> None:
     assert got == expected
 
 
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (None, []),
+        ({"compiled": True, "stale": False, "summary": "compiled with mypyc (m)"}, [C.OK]),
+        ({"compiled": False, "stale": False, "summary": "pure Python (not built)"}, [C.OK]),
+        ({"compiled": False, "stale": True, "summary": "pure Python (x.py changed)"}, [C.WARN]),
+    ],
+)
+def test_the_agents_code(code: dict[str, Any] | None, expected: list[str]) -> None:
+    status = {**STATUS, "agent": {**STATUS["agent"], "code": code}}
+    findings = found(facts(agent=C.AgentFacts("/c.sock", status)), "agent-code")
+    assert [x.status for x in findings] == expected
+    if code:
+        assert code["summary"] in findings[0].message
+    assert C.exit_status(findings) == 0  # performance only, never a failure
+
+
 def test_the_agent_is_not_running() -> None:
     f = facts(agent=C.AgentFacts("/c.sock", None, "nothing answers"))
     (finding,) = found(f, "agent-running")
