@@ -171,6 +171,8 @@ def check(native_dir: Path = NATIVE_DIR, root: Path = ROOT) -> tuple[NativeStatu
         why, files = _verify(manifest, native_dir, root)
     except (KeyError, TypeError, AttributeError, ValueError):
         why, files = f"{manifest_path} is malformed", {}
+    if not why:
+        why = _untrusted(native_dir, (manifest_path, *files.values()))
     if why:
         return NativeStatus(False, why + "; run `make native` again", stale=True), {}
     return NativeStatus(True, "", tuple(manifest["modules"])), files
@@ -196,6 +198,8 @@ def _verify(manifest: Any, native_dir: Path, root: Path) -> tuple[str, dict[str,
     files: dict[str, Path] = {}
     for module, info in dict(manifest["binaries"]).items():
         file = native_dir / str(info["file"])
+        if not file.resolve().is_relative_to(native_dir.resolve()):
+            return f"{file} is outside {native_dir}", {}
         try:
             have: str | None = sha256_file(file)
         except OSError:
@@ -207,6 +211,24 @@ def _verify(manifest: Any, native_dir: Path, root: Path) -> tuple[str, dict[str,
     if not isinstance(compiled, list) or not compiled or not set(compiled) <= files.keys():
         raise ValueError("modules")
     return "", files
+
+
+def _untrusted(native_dir: Path, paths: Iterable[Path]) -> str:
+    """Why the build may not be loaded into this process (empty: it may). The agent runs as
+    root: a build that another user could have written (the folder, the manifest or a binary
+    owned by someone other than root or this user, or writable by group or others) would be
+    their code running as root, so it is not used."""
+    me = os.geteuid()
+    for path in (native_dir, *paths):
+        try:
+            st = path.lstat()
+        except OSError as err:
+            return f"cannot check {path}: {err.strerror}"
+        if st.st_uid not in (0, me):
+            return f"{path} belongs to uid {st.st_uid}, not to root or this user"
+        if st.st_mode & 0o022:
+            return f"{path} is writable by group or others ({oct(st.st_mode & 0o777)})"
+    return ""
 
 
 def install(native_dir: Path = NATIVE_DIR, root: Path = ROOT) -> NativeStatus:
@@ -312,6 +334,9 @@ def build(root: Path = ROOT, native_dir: Path = NATIVE_DIR) -> int:
             "sources": before,
         }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        # Whatever the umask: only the owner may write what a root agent loads (`_untrusted`).
+        for path in (out, *out.rglob("*")):
+            path.chmod(path.stat().st_mode & ~0o022)
         old = native_dir.with_name(native_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if native_dir.exists():

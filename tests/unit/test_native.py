@@ -190,3 +190,32 @@ def test_what_is_imported_is_what_status_says() -> None:
         assert str(module.__file__).endswith(SUFFIX) == compiled, module.__file__
         if compiled:
             assert Path(str(module.__file__)).is_relative_to(native.NATIVE_DIR)
+
+
+@pytest.mark.parametrize("what", ["dir", "manifest", "binary"])
+def test_a_build_others_could_write_is_not_loaded(tmp_path: Path, what: str) -> None:
+    """The agent runs as root: a build that group or others may write is their code."""
+    out, root = fake_build(tmp_path)
+    target = {
+        "dir": out,
+        "manifest": out / native.MANIFEST,
+        "binary": out / f"grp__mypyc{SUFFIX}",
+    }[what]
+    target.chmod(target.stat().st_mode | 0o002)
+    found, files = native.check(out, root)
+    assert not found.compiled and files == {}
+    assert "writable by group or others" in found.reason and str(target) in found.reason
+
+
+def test_a_binary_outside_the_build_is_not_loaded(tmp_path: Path) -> None:
+    out, root = fake_build(tmp_path)
+    elsewhere = tmp_path / f"evil{SUFFIX}"
+    elsewhere.write_bytes(b"x")
+    manifest = json.loads((out / native.MANIFEST).read_text())
+    manifest["binaries"]["grp__mypyc"] = {
+        "file": str(elsewhere),
+        "sha256": native.sha256_file(elsewhere),
+    }
+    (out / native.MANIFEST).write_text(json.dumps(manifest))
+    found, _ = native.check(out, root)
+    assert not found.compiled and "is outside" in found.reason
