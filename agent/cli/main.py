@@ -19,6 +19,7 @@ from typing import Any
 from agent import native, paths
 from agent.cli import control_cmds, doctor_cmds, features_cmds, registry_cmds
 from agent.service import systemd
+from agent.service.sockets import raise_open_files_limit
 from agent.settings.loader import Missing, Refused, load_settings
 from agent.settings.model import AdminSettings
 
@@ -323,6 +324,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("engine socket %s does not exist (yet); requests will fail", args.engine)
     code = native.status()
     log.log(logging.WARNING if code.stale else logging.INFO, "proxy code: %s", code.describe())
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.info("open files limit raised from %d to %d", before, after)
+    elif before < 4096:
+        log.warning("open files limit is %d: a few hundred clients will exhaust it", before)
     _install_loop_policy()
     return asyncio.run(_serve(args))
 
