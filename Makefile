@@ -26,7 +26,8 @@ lint: venv ## ruff + mypy
 fix: venv ## ruff autofix + format
 	$(VENV)/ruff check --fix . && $(VENV)/ruff format .
 
-bench: venv ## proxy vs direct engine socket, ratios (see bench/)
+bench: venv ## proxy vs direct engine socket, ratios (see bench/); rebuilds the compiled modules first
+	scripts/build-native >/dev/null || echo "bench: compiled modules not built; measuring pure Python" >&2
 	$(VENV)/python -m bench
 
 check: venv ## validate an admin-settings.json: make check FILE=path
