@@ -313,17 +313,32 @@ def decide_start(
                 "start-raw-socket",
                 via=exp.via,
             )
+    refused = _image_refusal(image_name, verdict, settings_where, "start-image", "start-image")
+    if refused is not None:
+        return refused
+    return Decision(True, rule="socket-mount-start-allowed")
+
+
+def _image_refusal(
+    image_name: str,
+    verdict: ImageVerdict | None,
+    settings_where: str,
+    unknown_rule: str,
+    denied_rule: str,
+) -> Decision | None:
+    """The 403 for an image the list does not allow (`verdict` None: it could not be
+    inspected, so not verified); None when it is allowed."""
     if verdict is None:
         why = "the image could not be inspected, so it cannot be verified"
-        return deny(403, image_denied_message(image_name, why, settings_where), "start-image")
+        return deny(403, image_denied_message(image_name, why, settings_where), unknown_rule)
     if not verdict.allowed:
         return deny(
             403,
             image_denied_message(image_name, _why_not(verdict), settings_where),
-            "start-image",
+            denied_rule,
             reason=verdict.reason,
         )
-    return Decision(True, rule="socket-mount-start-allowed")
+    return None
 
 
 def decide_plugin(exposures: tuple[Exposure, ...], plugin: str) -> Decision:
@@ -408,18 +423,12 @@ def decide_created_image(
     container has another image: the name has moved on. Judged again on that image alone (the
     rest of the judgment did not depend on the image). `verdict` None: it cannot be inspected.
     """
-    if verdict is None:
-        why = "the image could not be inspected, so it cannot be verified"
-        return deny(
-            403, image_denied_message(image_name, why, settings_where), "socket-mount-image-unknown"
-        )
-    if not verdict.allowed:
-        return deny(
-            403,
-            image_denied_message(image_name, _why_not(verdict), settings_where),
-            "socket-mount-image",
-            reason=verdict.reason,
-        )
+    refused = _image_refusal(
+        image_name, verdict, settings_where, "socket-mount-image-unknown", "socket-mount-image"
+    )
+    if refused is not None:
+        return refused
+    assert verdict is not None  # _image_refusal refuses a missing verdict
     return Decision(
         True,
         rule="socket-mount-allowed",
