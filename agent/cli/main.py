@@ -276,6 +276,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
     # Updates come from the watcher's thread (or the control API's switch): act in the loop.
     def on_policy_change(change: Any) -> None:
+        # At once, in this thread: no remembered head outlives the policy that allowed it.
+        host.forget_known_heads()
         loop.call_soon_threadsafe(close_weaker_streams)
 
     unsubscribe = state.subscribe(on_policy_change)

@@ -72,9 +72,15 @@ class Decision:
     inspect: str | None = None
     #: False for a refusal audit mode must not forward either (it cannot be forwarded safely).
     auditable: bool = True
+    #: An allow that rests on the request's method and route alone, with ECI on: a host
+    #: client's request head byte for byte equal to this one gets the same answer under any
+    #: settings, so the proxy may remember it (`agent.proxy.connection.KnownHeads`).
+    by_route: bool = False
 
 
 ALLOW = Decision(True, rule="pass")
+#: ALLOW, for a request judged by its method and route alone (see `Decision.by_route`).
+ALLOW_BY_ROUTE = Decision(True, rule="pass", by_route=True)
 
 
 def deny(status: int, message: str, rule: str, **details: str) -> Decision:

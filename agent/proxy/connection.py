@@ -451,6 +451,8 @@ class _Exchange:
     engine_body: bytes | None = None  # the body to forward (maybe rewritten)
     sent_engine: bool = False  # the whole request reached the engine
     responded: bool = False  # response bytes went to the client
+    known_key: bytes | None = None  # the raw head, if it may be remembered (`KnownHeads`)
+    known_generation: int = 0
 
 
 class _Resp:
@@ -503,6 +505,48 @@ _PASS, _SPLICE, _DROP_1XX, _HOLD, _REWRITE = range(5)
 GRPC_MAX_FRAME = 1 << 20
 
 
+_Known = tuple[RequestHead, bytes, list[bytes], Decision, bytes]
+#: A request head longer than this is never remembered (see `KnownHeads`).
+KNOWN_HEAD_MAX = 1024
+#: Methods whose bodiless requests may be remembered.
+_KNOWN_METHODS = (b"GET ", b"HEAD ")
+
+
+class KnownHeads:
+    """Request heads already read and allowed by route alone, shared by the connections of
+    host clients: the same bytes again are forwarded without being parsed and judged again.
+
+    A head is remembered only when it was read whole from the parser's start, in one piece,
+    and asks `GET` or `HEAD` over HTTP/1.1 with no body, no `Expect`, no upgrade and no
+    `Connection: close`; and only when the policy said `Decision.by_route`, which holds for
+    any settings with ECI on. Identical bytes read from the same parser state are read the
+    same way, so a match is byte for byte on the whole head, never on a part of it. A policy
+    change empties the table (`reset`), and an answer given under the old policy is not
+    stored after it. Bounded: at most `limit` heads of at most `KNOWN_HEAD_MAX` bytes.
+    """
+
+    __slots__ = ("entries", "generation", "limit")
+
+    def __init__(self, limit: int = 256) -> None:
+        #: raw head -> (the parsed head, its target as sent, its lower-case header names, the
+        #: decision, the bytes forwarded to the engine)
+        self.entries: dict[bytes, _Known] = {}
+        self.generation = 0
+        self.limit = limit
+
+    def reset(self) -> None:
+        self.generation += 1
+        self.entries = {}
+
+    def remember(self, key: bytes, generation: int, known: _Known) -> None:
+        if generation != self.generation:
+            return  # judged under an earlier policy
+        entries = self.entries
+        if len(entries) >= self.limit:
+            entries.clear()
+        entries[key] = known
+
+
 class ProxyConnection:
     """The per-connection state machine (see the module doc)."""
 
@@ -528,6 +572,8 @@ class ProxyConnection:
         self._engine_busy = False  # a request is in flight on the engine connection
         self._engine_dirty = False  # engine connection used and must be replaced
         self.requests_seen = 0
+        #: Set by the driver for a host client: heads it may forward as remembered.
+        self.known: KnownHeads | None = None
         #: Once spliced: the request that opened the stream, and how its bytes are read.
         self.stream_head: RequestHead | None = None
         self.stream_inspect: str | None = None
@@ -651,9 +697,19 @@ class ProxyConnection:
 
     def _read_head(self) -> list[Command]:
         msg = self._req
+        buf = self._cbuf
+        known = self.known
+        fresh = msg is None or msg.fed == 0
+        if known is not None and fresh and buf.startswith(_KNOWN_METHODS):
+            end = buf.find(_TERM, 0, KNOWN_HEAD_MAX)
+            if end >= 0:
+                end += 4
+                hit = known.entries.get(buf if end == len(buf) else buf[:end])
+                if hit is not None:
+                    self._cbuf = buf[end:] if end < len(buf) else b""
+                    return self._forward_known(hit)
         if msg is None:
             msg = self._req = _request_msg()
-        buf = self._cbuf
         try:
             pos = _feed(msg, buf, 0, True)
         except HttpParserError as err:
@@ -666,12 +722,43 @@ class ProxyConnection:
             return []
         if ev.body or ev.chunks:
             return self._client_broken(400, "malformed request: body inside the head")
+        # The head read whole, in one piece, from the parser's start: it may be remembered.
+        raw = buf[:pos] if known is not None and fresh and msg.fed == pos else None
         try:
-            return self._on_request(msg)
+            return self._on_request(msg, raw)
         except _Malformed as err:
             return self._client_broken(err.status, str(err))
 
-    def _on_request(self, msg: _Msg) -> list[Command]:
+    def _forward_known(self, known: _Known) -> list[Command]:
+        """A remembered head (`KnownHeads`): the exchange it opened, again, and its bytes."""
+        head, target, lnames, decision, forward = known
+        self.requests_seen += 1
+        self._ex = _Exchange(
+            head,
+            target,
+            lnames,
+            False,
+            False,
+            True,
+            False,
+            False,
+            0,
+            True,
+            bytearray(),
+            decision=decision,
+            sent_engine=True,
+        )
+        out: list[Command] = []
+        if self._engine_dirty:
+            out.append(CloseEngine())
+            self._engine_dirty = False
+        self._engine_busy = True
+        self._resp = _Resp(capture=False)
+        self.phase = Phase.FORWARDING
+        out.append(SendEngine(forward))
+        return out
+
+    def _on_request(self, msg: _Msg, raw: bytes | None = None) -> list[Command]:
         ev = msg.ev
         parser = msg.parser
         assert isinstance(parser, httptools.HttpRequestParser)
@@ -754,6 +841,21 @@ class ProxyConnection:
         else:
             self._req = None  # the body is counted here, not fed to that parser
         needs = self._needs_body(head)
+        if (
+            raw is not None
+            and len(raw) <= KNOWN_HEAD_MAX
+            and raw.startswith(_KNOWN_METHODS)
+            and version == "1.1"
+            and keep_alive
+            and length is None
+            and transfer is None
+            and not drop
+            and not ev.upgraded
+            and not needs
+        ):
+            known_key: bytes | None = raw
+        else:
+            known_key = None
         ex = self._ex = _Exchange(
             head,
             url,
@@ -766,6 +868,8 @@ class ProxyConnection:
             body_left,
             body_done,
             bytearray(),
+            known_key=known_key,
+            known_generation=self.known.generation if self.known is not None else 0,
         )
         if needs:
             if body_left > self._max_body:
@@ -929,7 +1033,14 @@ class ProxyConnection:
             out.append(SendEngine(b"".join(parts)))
             return out
         parts.append(b"\r\n")
-        out.append(SendEngine(b"".join(parts)))
+        data = b"".join(parts)
+        out.append(SendEngine(data))
+        known = self.known
+        if known is not None and ex.known_key is not None and decision is not None:
+            if decision.by_route and decision.target is None:
+                known.remember(
+                    ex.known_key, ex.known_generation, (head, ex.target, ex.lnames, decision, data)
+                )
         if ex.body_done:
             ex.sent_engine = True
             return out

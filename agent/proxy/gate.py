@@ -33,6 +33,7 @@ from agent.policy.command_map import (
 )
 from agent.policy.decide import (
     ALLOW,
+    ALLOW_BY_ROUTE,
     PREFIX,
     ContainerFact,
     Decision,
@@ -548,7 +549,8 @@ class Gate:
             inspect = "grpc-audit" if audit else "grpc"
             return Decision(True, rule="grpc-inspected", inspect=inspect), None
         if key not in BODY_ROUTES:
-            return ALLOW, None
+            # Nothing above looked at more than the method and the route.
+            return ALLOW_BY_ROUTE, None
         body = request.body or b""
         if not body.strip():
             return ALLOW, None

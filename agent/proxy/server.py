@@ -32,6 +32,7 @@ from agent.proxy.connection import (
     CloseEngine,
     Command,
     Judge,
+    KnownHeads,
     Log,
     ProxyConnection,
     Request,
@@ -311,8 +312,16 @@ class EnginePool:
 class _Session(asyncio.Protocol):
     """One client connection being served (the protocol of the client's transport)."""
 
-    def __init__(self, pool: EnginePool, gate: Gate, listener: str, live: set[_Session]) -> None:
+    def __init__(
+        self,
+        pool: EnginePool,
+        gate: Gate,
+        listener: str,
+        live: set[_Session],
+        known: KnownHeads | None = None,
+    ) -> None:
         self.pool = pool
+        self.known = known
         self.gate = gate
         self.listener = listener
         self.live = live
@@ -340,7 +349,10 @@ class _Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's are no subclasses
         t.set_write_buffer_limits(high=HIGH_WATER)
-        self.peer = peer_of(t, self.listener)
+        self.peer = peer = peer_of(t, self.listener)
+        if self.known is not None and peer.listener == "host" and peer.identity == HOST:
+            # A host process: its requests allowed by route alone may be remembered.
+            self.conn.known = self.known
         self.live.add(self)
         engine = self.pool.take()
         if engine is not None:
@@ -701,9 +713,16 @@ class ProxyListener:
         self._sock = sock
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[_Session] = set()
+        #: Heads of host clients allowed by route alone (none on the container-facing socket).
+        self.known = KnownHeads() if listener == "host" else None
 
     def _session(self) -> _Session:
-        return _Session(self.pool, self.gate, self.listener, self._sessions)
+        return _Session(self.pool, self.gate, self.listener, self._sessions, self.known)
+
+    def forget_known_heads(self) -> None:
+        """After a policy change: judge every request afresh."""
+        if self.known is not None:
+            self.known.reset()
 
     async def start(self) -> None:
         sock = self._sock or listen_unix(self.path, self.mode, self.group)
