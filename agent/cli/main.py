@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import grp
 import json
 import logging
@@ -289,6 +290,10 @@ async def _serve(args: argparse.Namespace) -> int:
     await host.start()
     await container.start()
     await services.start(sock=activated.get("control"))
+    # What start-up built lives as long as the agent: keep it out of the collector's scans,
+    # which would otherwise walk it again and again as requests come and go.
+    gc.collect()
+    gc.freeze()
     log.info(
         "eci-agent enforcing in front of %s: listening on %s (containers get %s); settings %s%s",
         args.engine,
