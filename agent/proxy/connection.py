@@ -517,7 +517,8 @@ class KnownHeads:
     host clients: the same bytes again are forwarded without being parsed and judged again.
 
     A head is remembered only when it was read whole from the parser's start, in one piece,
-    and asks `GET` or `HEAD` over HTTP/1.1 with no body, no `Expect`, no upgrade and no
+    and asks `GET` or `HEAD` over HTTP/1.1 with no body, no `Expect`, no `Upgrade` header
+    (the engine may switch protocols on one llhttp does not take for an upgrade) and no
     `Connection: close`; and only when the policy said `Decision.by_route`, which holds for
     any settings with ECI on. Identical bytes read from the same parser state are read the
     same way, so a match is byte for byte on the whole head, never on a part of it. A policy
@@ -539,9 +540,11 @@ class KnownHeads:
         self.entries = {}
 
     def remember(self, key: bytes, generation: int, known: _Known) -> None:
+        # The table first: a `reset` (from the settings thread) after this line replaces it,
+        # so a late answer lands in the dropped table, never in the new one.
+        entries = self.entries
         if generation != self.generation:
             return  # judged under an earlier policy
-        entries = self.entries
         if len(entries) >= self.limit:
             entries.clear()
         entries[key] = known
@@ -851,6 +854,7 @@ class ProxyConnection:
             and transfer is None
             and not drop
             and not ev.upgraded
+            and b"upgrade" not in lnames
             and not needs
         ):
             known_key: bytes | None = raw

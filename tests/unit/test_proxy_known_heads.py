@@ -100,6 +100,7 @@ def test_head_response_has_no_body_when_remembered() -> None:
         (b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n", ALLOW_BY_ROUTE, "close"),
         (b"GET /_ping HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n", ALLOW_BY_ROUTE, "length"),
         (b"GET /_ping HTTP/1.1\r\nHost: d\r\nProxy-Connection: x\r\n\r\n", ALLOW_BY_ROUTE, "dropped header"),
+        (b"GET /a/attach/ws HTTP/1.1\r\nHost: d\r\nUpgrade: websocket\r\nConnection: keep-alive-upgrade\r\n\r\n", ALLOW_BY_ROUTE, "upgrade the engine may take"),
         (b"GET /_ping HTTP/1.1\r\nHost: d\r\nX: " + b"a" * KNOWN_HEAD_MAX + b"\r\n\r\n", ALLOW_BY_ROUTE, "too long"),
     ],
 )  # fmt: skip
