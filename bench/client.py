@@ -27,7 +27,8 @@ def request_bytes(
     lines = [f"{method} {path} HTTP/1.1", "Host: docker"]
     for k, v in (headers or {}).items():
         lines.append(f"{k}: {v}")
-    if (body or method in ("POST", "PUT")) and "Content-Length" not in (headers or {}):
+    framed = "Content-Length" in (headers or {}) or "Transfer-Encoding" in (headers or {})
+    if (body or method in ("POST", "PUT")) and not framed:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 

@@ -158,7 +158,9 @@ def rows(r: Report) -> list[Row]:
             )
         )
     names = {
-        "cp_in": f"`docker cp` host->container, {r.plan['cp_mib']} MiB (PUT archive)",
+        "cp_in": f"`docker cp` host->container, {r.plan['cp_mib']} MiB (PUT archive, chunked "
+        "in 32 KiB as the CLI sends it)",
+        "cp_in_length": "  the same upload with a Content-Length (not what the CLI sends)",
         "cp_out": f"`docker cp` container->host, {r.plan['cp_mib']} MiB (GET archive)",
         "exec": f"exec stdout stream, {r.plan['exec_mib']} MiB (Upgrade: tcp)",
     }
@@ -167,14 +169,15 @@ def rows(r: Report) -> list[Row]:
         if s is None:
             continue
         d, p = s.median("direct"), s.median("proxy")
+        graded = key != "cp_in_length"
         out.append(
             Row(
                 label,
                 f"{d:,.0f} MiB/s",
                 f"{p:,.0f} MiB/s",
                 f"{_ratio(p, d):.2f}x",
-                ">= 0.95x",
-                _ratio(p, d) >= 0.95,
+                ">= 0.95x" if graded else "",
+                _ratio(p, d) >= 0.95 if graded else None,
             )
         )
     if r.interactive:
@@ -256,8 +259,12 @@ def floor_rows(r: Report) -> list[list[str]]:
         row = [f"`{path}` {'fresh conn.' if fresh else 'kept-alive'}, p50", _us(d), _us(f)]
         cells = ratios(d, f, p)
         out.append(row + [cells[0], _us(p)] + cells[2:])
-    names = {"cp_in": "`docker cp` host->container", "cp_out": "`docker cp` container->host"}
-    names["exec"] = "exec stdout stream"
+    names = {
+        "cp_in": "`docker cp` host->container (chunked)",
+        "cp_in_length": "the same with a Content-Length",
+        "cp_out": "`docker cp` container->host",
+        "exec": "exec stdout stream",
+    }
     for key, label in names.items():
         s = r.streams.get(key)
         if s is None or not s.mib_per_s.get("floor"):
@@ -475,7 +482,9 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "target per round. The derived case builds `FROM dockercli` locally and sets "
         "`allowDerivedImages: true`; the extra time is p50(proxy create) - p50(direct create).",
         f"- Streams: `PUT /containers/{{id}}/archive` of a tar holding one {p['cp_mib']} MiB "
-        "file (what `docker cp` sends), `GET` of it back, and `dd if=/dev/zero bs=1M "
+        "file (what `docker cp` sends: chunked, 32 KiB a chunk, as Go's client writes a body "
+        "of unknown length; once more with a Content-Length for comparison), `GET` of it "
+        "back, and `dd if=/dev/zero bs=1M "
         f"count={p['exec_mib']}` through `POST /exec/{{id}}/start` with `Upgrade: tcp`, stdout "
         "attached; MiB/s from the request to the end of the response. Interactive exec: "
         "`docker exec -i worker cat` through each socket echoes 50 lines.",
