@@ -567,8 +567,11 @@ GRPC_MAX_FRAME = 1 << 20
 
 
 _Known = tuple[RequestHead, bytes, list[bytes], Decision, bytes]
-#: A request head longer than this is never remembered (see `KnownHeads`).
-KNOWN_HEAD_MAX = 1024
+#: A request head longer than this is never remembered (see `KnownHeads`); the docker CLI's
+#: are ~100 bytes, docker-py's ~180.
+KNOWN_HEAD_MAX = 512
+#: How many heads a listener remembers (then it starts again): at most ~0.25 MiB in all.
+KNOWN_HEADS_LIMIT = 128
 #: Methods whose bodiless requests may be remembered.
 _KNOWN_METHODS = (b"GET ", b"HEAD ")
 
@@ -589,7 +592,7 @@ class KnownHeads:
 
     __slots__ = ("entries", "generation", "limit")
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = KNOWN_HEADS_LIMIT) -> None:
         #: raw head -> (the parsed head, its target as sent, its lower-case header names, the
         #: decision, the bytes forwarded to the engine)
         self.entries: dict[bytes, _Known] = {}

@@ -17,13 +17,13 @@ than that one head (or serve a client that must be judged), and then asks the EN
    same bytes sent straight to the engine show which of these it would have created); an
    allowed socket mount behind remembered heads still gets the container-facing socket.
 3. Spellings: heads differing from a remembered one by case, whitespace, a duplicate header,
-   `Connection: close`, HTTP/1.0, `Expect`, `Proxy-Connection`, `Upgrade`, the 1 KiB bound:
+   `Connection: close`, HTTP/1.0, `Expect`, `Proxy-Connection`, `Upgrade`, the size bound:
    each judged on its own, answered alike whether remembered or not.
 4. Who: a process inside a container reaching the HOST socket (moved into the container's
    cgroup, which is what the agent reads) and the container-facing socket never get an answer
    from the table (image refusal, command list).
 5. When: ECI off, audit mode, a command list, back to enforcing, on one connection kept open;
-   the 256-entry bound under churn.
+   the table's bound under churn.
 
 No bypass was found. Fixed after this review: `KnownHeads.remember` checked the generation
 before it loaded `entries`, so a `reset` from the settings thread landing between the two could
@@ -52,6 +52,7 @@ from typing import Any
 
 import pytest
 
+from agent.proxy.connection import KNOWN_HEAD_MAX, KNOWN_HEADS_LIMIT
 from tests.e2e.agent_process import REPO, AgentProcess, settings_with
 
 pytestmark = pytest.mark.engine
@@ -688,8 +689,8 @@ SPELLINGS = {
     "unknown-route": (b"GET /v1.41/no/such/route HTTP/1.1\r\nHost: docker\r\n\r\n", False),
     "get-on-a-post-route": (
         b"GET /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n\r\n", False),
-    "1024-bytes": (_padded(1024), True),
-    "1025-bytes": (_padded(1025), False),
+    "at-the-bound": (_padded(KNOWN_HEAD_MAX), True),
+    "over-the-bound": (_padded(KNOWN_HEAD_MAX + 1), False),
 }  # fmt: skip
 
 
@@ -824,14 +825,20 @@ def test_policy_changes_while_a_connection_stays_open(kagent, probe, direct, sta
             direct("rm", "-f", *names)
 
 
-def test_the_bound_of_256_heads_under_churn(kagent, probe, direct, stack, name):
-    heads = [b"GET /_ping?n=%d HTTP/1.1\r\nHost: docker\r\n\r\n" % n for n in range(700)]
+def test_the_bound_of_the_table_under_churn(kagent, probe, direct, stack, name):
+    heads = [
+        b"GET /_ping?n=%d HTTP/1.1\r\nHost: docker\r\n\r\n" % n
+        for n in range(3 * KNOWN_HEADS_LIMIT)
+    ]
+    step = KNOWN_HEADS_LIMIT // 4  # a batch, then its first head again: it is still there
+    batches = 0
     mark = probe.mark()
     with _connect(kagent.listen) as s:
         reader = Reader(s)
         for round_ in range(2):
-            for start in range(0, len(heads), 100):
-                batch = heads[start : start + 100]
+            for start in range(0, len(heads), step):
+                batch = heads[start : start + step]
+                batches += 1
                 bad = f"{name}-{round_}-{start}"
                 s.sendall(b"".join(batch) + _bad_create(stack, bad, False) + batch[0])
                 for _ in range(len(batch)):
@@ -841,6 +848,6 @@ def test_the_bound_of_256_heads_under_churn(kagent, probe, direct, stack, name):
                 assert _status(reader.response()[0]) == 200
     kept = probe.since(mark, "kept")
     assert len({key for _, _, key in kept}) == len(heads)  # every one was remembered
-    assert max(size for _, size, _ in kept) == 256  # and the table never held more
-    assert probe.hits(mark) >= len(heads) // 100  # each batch's first head, sent again at once
+    assert max(size for _, size, _ in kept) == KNOWN_HEADS_LIMIT  # and never held more
+    assert probe.hits(mark) >= batches * 3 // 4  # a batch's first head, sent again at once
     assert _engine_names(direct, name) == []
