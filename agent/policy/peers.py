@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 
 _ID_COMPONENT = re.compile(r"(?:^|/)(?:docker-)?([0-9a-f]{64})(?:\.scope)?(?=/|$)")
+_ANY_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def container_of_cgroup(text: str) -> str | None:
     """The container ID a `/proc/<pid>/cgroup` file names, or None for a host process."""
+    if _ANY_ID.search(text) is None:
+        return None  # no 64-hex run anywhere: no line can name a container (one scan)
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:

@@ -89,3 +89,14 @@ def test_a_client_that_connected_and_left_its_connection_to_a_child_is_not_known
             peer = peer_of(_Transport(conn), "container")
     assert peer.pid is not None
     assert peer.identity.container is None and peer.identity.problem is not None
+
+
+@pytest.mark.parametrize("filler_lines", [0, 10, 400])  # 400 lines: ~16 KiB, past one read
+def test_the_whole_cgroup_file_is_read_however_long(tmp_path: Path, filler_lines: int) -> None:
+    """The container's line may come last in a long file (many hierarchies): it is found."""
+    lines = [f"{i + 100}:name=filler{i}:/user.slice/session-{i}.scope" for i in range(filler_lines)]
+    lines.append(f"0::/system.slice/docker-{CONTAINER}.scope")
+    (tmp_path / "4242").mkdir()
+    (tmp_path / "4242" / "cgroup").write_text("\n".join(lines) + "\n")
+    identity = identity_of_pid(4242, proc=str(tmp_path))
+    assert identity.container == CONTAINER, identity
