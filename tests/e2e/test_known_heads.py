@@ -54,6 +54,8 @@ import pytest
 
 from agent.proxy.connection import KNOWN_HEAD_MAX, KNOWN_HEADS_LIMIT
 from tests.e2e.agent_process import REPO, AgentProcess, settings_with
+from tests.e2e.test_review_session3 import _bad_create as refused_create
+from tests.e2e.test_review_session3 import _connect, _read_all, _req
 
 pytestmark = pytest.mark.engine
 
@@ -184,39 +186,6 @@ def _enforcing_after(request: pytest.FixtureRequest) -> Iterator[None]:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _req(method: str, target: str, body: Any = None, headers: tuple[str, ...] = (),
-         close: bool = False) -> bytes:  # fmt: skip
-    lines = [f"{method} {target} HTTP/1.1", "Host: docker"]
-    data = b""
-    if body is not None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
-    lines += list(headers)
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
-def _connect(path: str, timeout: float = 10.0) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(path)
-    return s
-
-
-def _read_all(s: socket.socket, wait: float = 3.0) -> bytes:
-    s.settimeout(wait)
-    out = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            return out
-        if not chunk:
-            return out
-        out += chunk
-
-
 def _exchange(path: str, data: bytes, wait: float = 3.0) -> bytes:
     with _connect(path) as s:
         try:
@@ -316,14 +285,9 @@ def _without_date(head: bytes) -> bytes:
 
 
 def _bad_create(stack: Any, name: str, close: bool = True) -> bytes:
-    """A create the agent must refuse: the raw engine socket AND --privileged."""
-    body = {
-        "Image": stack.images["busybox"],
-        "Cmd": ["true"],
-        "HostConfig": {"Binds": [f"{stack.engine_socket}:/s"], "Privileged": True,
-                       "NetworkMode": "none"},
-    }  # fmt: skip
-    return _req("POST", f"/v1.41/containers/create?name={name}", body, close=close)
+    """A create the agent must refuse (the raw engine socket and --privileged), which by
+    default ends the pipeline it is in (`Connection: close`)."""
+    return refused_create(stack, name, close)
 
 
 def _exists(direct: Any, name: str) -> bool:

@@ -88,7 +88,7 @@ def _json_body(reply: bytes) -> Any:
     return json.loads(body)
 
 
-def _bad_create(stack: Any, name: str) -> bytes:
+def _bad_create(stack: Any, name: str, close: bool = False) -> bytes:
     """A create the agent must refuse: the raw engine socket AND --privileged."""
     body = {
         "Image": stack.images["busybox"],
@@ -96,7 +96,7 @@ def _bad_create(stack: Any, name: str) -> bytes:
         "HostConfig": {"Binds": [f"{stack.engine_socket}:/s"], "Privileged": True,
                        "NetworkMode": "none"},
     }  # fmt: skip
-    return _req("POST", f"/v1.41/containers/create?name={name}", body)
+    return _req("POST", f"/v1.41/containers/create?name={name}", body, close=close)
 
 
 def _exists(direct: Any, name: str) -> bool:

@@ -15,15 +15,12 @@ from agent.policy.decide import ALLOW, ALLOW_BY_ROUTE, Decision
 from agent.proxy.connection import (
     KNOWN_HEAD_MAX,
     CloseClient,
-    Command,
-    Judge,
     KnownHeads,
     Phase,
     ProxyConnection,
     RequestHead,
-    SendClient,
-    SendEngine,
 )
+from tests.unit.test_proxy_connection import judges, sent_client, sent_engine
 
 
 def needs_body(head: RequestHead) -> bool:
@@ -34,18 +31,6 @@ def new(known: KnownHeads | None) -> ProxyConnection:
     c = ProxyConnection(needs_body, max_judged_body=1024)
     c.known = known
     return c
-
-
-def engine_bytes(cmds: list[Command]) -> bytes:
-    return b"".join(c.data for c in cmds if isinstance(c, SendEngine))
-
-
-def client_bytes(cmds: list[Command]) -> bytes:
-    return b"".join(c.data for c in cmds if isinstance(c, SendClient))
-
-
-def judges(cmds: list[Command]) -> list[Judge]:
-    return [c for c in cmds if isinstance(c, Judge)]
 
 
 PING = b"GET /v1.41/_ping HTTP/1.1\r\nHost: docker\r\nUser-Agent: t\r\n\r\n"
@@ -60,8 +45,8 @@ def cycle(c: ProxyConnection, raw: bytes, decision: Decision, response: bytes) -
     asked = len(judges(cmds))
     if asked:
         cmds = c.judged(decision)
-    to_engine = engine_bytes(cmds)
-    to_client = client_bytes(c.engine_data(response))
+    to_engine = sent_engine(cmds)
+    to_client = sent_client(c.engine_data(response))
     return asked, to_engine, to_client
 
 
@@ -120,7 +105,7 @@ def test_a_head_in_two_pieces_is_not_remembered_but_still_served() -> None:
     assert len(judges(cmds)) == 1
     c.judged(ALLOW_BY_ROUTE)
     assert not known.entries
-    assert client_bytes(c.engine_data(PONG)) == PONG
+    assert sent_client(c.engine_data(PONG)) == PONG
 
 
 @pytest.mark.parametrize(
@@ -138,7 +123,7 @@ def test_only_the_same_bytes_match(variant: bytes) -> None:
     cycle(new(known), PING, ALLOW_BY_ROUTE, PONG)
     c = new(known)
     cmds = c.client_data(variant)
-    engine = engine_bytes(cmds)
+    engine = sent_engine(cmds)
     assert engine == b"", "forwarded without a judge"
     assert judges(cmds) or any(isinstance(x, CloseClient) for x in cmds)
 
@@ -152,8 +137,8 @@ def test_a_remembered_head_then_a_pipelined_create_is_judged_with_its_body() -> 
         b"Content-Length: 2\r\n\r\n{}"
     )
     cmds = c.client_data(PING + create)
-    assert judges(cmds) == [] and engine_bytes(cmds).startswith(b"GET /v1.41/_ping ")
-    assert b"/containers/create" not in engine_bytes(cmds)
+    assert judges(cmds) == [] and sent_engine(cmds).startswith(b"GET /v1.41/_ping ")
+    assert b"/containers/create" not in sent_engine(cmds)
     cmds = c.engine_data(PONG)
     (judge,) = judges(cmds)
     assert judge.request.head.target == "/containers/create" and judge.request.body == b"{}"
@@ -166,9 +151,9 @@ def test_a_remembered_head_is_not_a_prefix_match() -> None:
     cycle(new(known), PING, ALLOW_BY_ROUTE, PONG)
     c = new(known)
     cmds = c.client_data(PING + b'{"Image":"x"}')
-    assert engine_bytes(cmds).endswith(b"\r\n\r\n")
+    assert sent_engine(cmds).endswith(b"\r\n\r\n")
     out = c.engine_data(PONG)
-    assert client_bytes(out).startswith(PONG + b"HTTP/1.1 400 ")
+    assert sent_client(out).startswith(PONG + b"HTTP/1.1 400 ")
     assert any(isinstance(x, CloseClient) for x in out)
 
 
