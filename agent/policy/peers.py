@@ -12,13 +12,20 @@ from __future__ import annotations
 import re
 
 _ID_COMPONENT = re.compile(r"(?:^|/)(?:docker-)?([0-9a-f]{64})(?:\.scope)?(?=/|$)")
-_ANY_ID = re.compile(r"[0-9a-f]{64}")
+#: Every byte to "." but the lower-case hex digits, which become "h".
+_HEX_RUNS = bytes(ord("h") if chr(i) in "0123456789abcdef" else ord(".") for i in range(256))
+_ID_RUN = b"h" * 64
+
+
+def may_name_container(raw: bytes) -> bool:
+    """Whether a `/proc/<pid>/cgroup` file holds a run of 64 hex digits, without which no
+    line names a container: one table lookup per byte and one substring search, so a host
+    process (the usual client) costs no regular expression at all."""
+    return _ID_RUN in raw.translate(_HEX_RUNS)
 
 
 def container_of_cgroup(text: str) -> str | None:
     """The container ID a `/proc/<pid>/cgroup` file names, or None for a host process."""
-    if _ANY_ID.search(text) is None:
-        return None  # no 64-hex run anywhere: no line can name a container (one scan)
     for line in text.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:

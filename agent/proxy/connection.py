@@ -83,11 +83,13 @@ _REQUEST_FIELDS = {
     b"expect": 4,
     b"proxy-connection": 4,
 }
-#: The response headers the proxy reads, from a head llhttp has validated: each line is
-#: `name:value` after a CRLF, the names without whitespace. Told apart by their lengths.
-_RESPONSE_FIELDS = re.compile(
-    rb"\r\n(content-length|transfer-encoding|content-type|connection):[ \t]*([^\r\n]*)", re.I
-)
+#: The response headers the proxy reads, searched for in the lower-cased head (llhttp has
+#: validated it: each line is `name:value` after a CRLF, the names without whitespace). A
+#: `find` per name costs a fifth of a case-insensitive regex over the head.
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_CONTENT_TYPE = b"\r\ncontent-type:"
+_CONNECTION = b"\r\nconnection:"
 #: Request headers never passed to the engine.
 _DROP = frozenset((b"expect", b"proxy-connection"))
 _DROP_WITH_BODY = _DROP | {b"content-length", b"transfer-encoding"}
@@ -446,6 +448,28 @@ def _feed(msg: _Msg, buf: bytes, pos: int, until_head: bool) -> int:
                 raise HttpParserError("message end not where it must be")
             break
     return pos
+
+
+def _last_field(low: bytes, name: bytes) -> bytes | None:
+    """The value of the last `name` line of a lower-cased head (`name` is `\r\nfield:`),
+    without its leading whitespace; None when there is none."""
+    i = low.rfind(name)
+    if i < 0:
+        return None
+    start = i + len(name)
+    return low[start : low.find(b"\r\n", start)].lstrip(_OWS)
+
+
+def _all_fields(low: bytes, name: bytes) -> list[bytes]:
+    """The values of every `name` line of a lower-cased head, in order."""
+    out: list[bytes] = []
+    i = low.find(name)
+    while i >= 0:
+        start = i + len(name)
+        end = low.find(b"\r\n", start)
+        out.append(low[start:end].lstrip(_OWS))
+        i = low.find(name, end)
+    return out
 
 
 def _is_101(parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bool:
@@ -1214,30 +1238,20 @@ class ProxyConnection:
             return _SPLICE
         if status < 200:
             return _DROP_1XX
-        ctype = b""
-        length: bytes | None = None
-        chunked = False
-        framed = False
-        connection: list[bytes] = []
-        for name, value in _RESPONSE_FIELDS.findall(resp.head):
-            size = len(name)
-            if size == 14:  # content-length
-                length = value
-                framed = True
-            elif size == 17:  # transfer-encoding
-                chunked = value.rstrip(_OWS).lower().endswith(b"chunked")
-                framed = True
-            elif size == 12:  # content-type
-                ctype = value
-            else:  # connection
-                connection.append(value)
+        low = resp.head.lower()  # values are read from it too: each is compared lower-cased
+        length = _last_field(low, _CONTENT_LENGTH)
+        transfer = _last_field(low, _TRANSFER_ENCODING)
+        chunked = transfer is not None and transfer.rstrip(_OWS).endswith(b"chunked")
+        framed = length is not None or transfer is not None
+        connection = _all_fields(low, _CONNECTION)
         head = ex.head
         if (
             status == 200
             and not framed
-            and ctype.split(b";", 1)[0].strip().lower() in HIJACK_CONTENT_TYPES
             and head.method == "POST"
             and _is_hijack_path(head.target)
+            and (_last_field(low, _CONTENT_TYPE) or b"").split(b";", 1)[0].strip()
+            in HIJACK_CONTENT_TYPES
         ):
             # The engine hijacked the connection without an Upgrade handshake.
             return _SPLICE

@@ -13,7 +13,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from agent.policy.peers import container_of_cgroup
+from agent.policy.peers import container_of_cgroup, may_name_container
 
 PROC = "/proc"
 _FIRST_READ = 4096
@@ -63,6 +63,7 @@ def _read_identity(pid: int, proc: str) -> Identity:
             os.close(fd)
     except OSError as err:
         return Identity(problem=f"cannot read the cgroup of process {pid}: {err.strerror}")
-    text = raw.decode("utf-8", "replace")
-    container = container_of_cgroup(text)
+    if not may_name_container(raw):
+        return HOST
+    container = container_of_cgroup(raw.decode("utf-8", "replace"))
     return HOST if container is None else Identity(container=container)
