@@ -806,3 +806,50 @@ def test_without_inspection_grpc_is_a_raw_pipe() -> None:
     c.judged(ALLOW)  # ECI off
     c.engine_data(H2C_101)
     assert c.client_data(stream) == [SendEngine(stream)]
+
+
+# -- the response fields that frame it, however the engine spells them ---------------------------
+
+RESPONSE_SPELLINGS = [
+    # (head fields, body, whether the client connection ends after it)
+    (b"Content-Length: 2\r\n", b"OK", False),
+    (b"content-length: 2\r\n", b"OK", False),
+    (b"CONTENT-LENGTH:    2\r\n", b"OK", False),
+    (b"Content-Length: 2\r\nConnection: close\r\n", b"OK", True),
+    (b"Content-Length: 2\r\nCONNECTION: Keep-Alive, Close\r\n", b"OK", True),
+    (b"Connection: keep-alive\r\nContent-Length: 2\r\nconnection: close\r\n", b"OK", True),
+    (b"Transfer-Encoding: chunked\r\n", b"2\r\nOK\r\n0\r\n\r\n", False),
+    (b"TRANSFER-ENCODING:\tChunked\r\n", b"2\r\nOK\r\n0\r\n\r\n", False),
+    (b"X-Content-Length: 9\r\nContent-Length: 2\r\n", b"OK", False),
+    # Two codings: the last one says chunked, as llhttp reads it.
+    (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", b"2\r\nOK\r\n0\r\n\r\n", False),
+]
+
+
+@pytest.mark.parametrize(("fields", "body", "closes"), RESPONSE_SPELLINGS)
+def test_a_response_is_framed_by_its_fields_in_any_case(
+    fields: bytes, body: bytes, closes: bool
+) -> None:
+    c = new()
+    c.client_data(PING)
+    c.judged(ALLOW)
+    response = b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n" + body
+    cmds = c.engine_data(response[:-1])  # the last byte not there yet: not done
+    assert c.phase is Phase.FORWARDING
+    cmds += c.engine_data(response[-1:])
+    assert sent_client(cmds) == response
+    if closes:
+        assert any(isinstance(x, CloseClient) for x in cmds)
+    else:
+        assert c.phase is Phase.IDLE and not any(isinstance(x, CloseClient) for x in cmds)
+
+
+def test_a_response_without_framing_is_chunked_for_the_client() -> None:
+    c = new()
+    c.client_data(PING)
+    c.judged(ALLOW)
+    out = sent_client(c.engine_data(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nab"))
+    assert (
+        out
+        == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n"
+    )
