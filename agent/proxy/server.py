@@ -91,20 +91,32 @@ class _HasExtraInfo(Protocol):
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
+_UCRED = struct.Struct("3i")
+
+
 def peer_of(transport: _HasExtraInfo, listener: str) -> Peer:
-    sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+    found = transport.get_extra_info("socket")
+    if found is None or not hasattr(socket, "SO_PEERCRED"):
         return Peer(listener=listener)
+    # One socket object over the transport's descriptor for both questions (uvloop's stand-in
+    # makes a new one for each call), let go of without closing the descriptor.
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-    except OSError:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, found.fileno())
+    except (OSError, ValueError):  # the descriptor is gone already: who asked is unknown
         return Peer(listener=listener, identity=identity_of_pid(None))
-    pidfd: int | None = None
     try:
-        pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError:
-        pidfd = None  # before Linux 6.5: the pid alone (a recycled pid is a tiny window)
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            pid, uid, gid = _UCRED.unpack(raw)
+        except OSError:
+            return Peer(listener=listener, identity=identity_of_pid(None))
+        pidfd: int | None = None
+        try:
+            pidfd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        except OSError:
+            pidfd = None  # before Linux 6.5: the pid alone (a recycled pid is a tiny window)
+    finally:
+        sock.detach()
     try:
         return Peer(pid, uid, gid, listener, identity_of_pid(pid, pidfd=pidfd))
     finally:

@@ -100,3 +100,26 @@ def test_the_whole_cgroup_file_is_read_however_long(tmp_path: Path, filler_lines
     (tmp_path / "4242" / "cgroup").write_text("\n".join(lines) + "\n")
     identity = identity_of_pid(4242, proc=str(tmp_path))
     assert identity.container == CONTAINER, identity
+
+
+def test_asking_who_connected_leaves_the_connection_open(tmp_path: Path) -> None:
+    """peer_of reads the credentials through a socket object of its own over the transport's
+    descriptor: the descriptor must stay open and usable afterwards, every time."""
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        for _ in range(3):
+            peer = peer_of(_Transport(a), "host")
+            assert peer.pid == os.getpid() and peer.uid == os.getuid()
+            assert peer.identity == HOST
+        a.sendall(b"still here")
+        assert b.recv(100) == b"still here"
+        assert a.fileno() >= 0
+
+
+def test_a_connection_already_gone_is_not_known(tmp_path: Path) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    b.close()
+    a.close()  # fileno() is -1 now
+    peer = peer_of(_Transport(a), "host")
+    assert peer.pid is None and peer.identity != HOST
+    assert peer.identity.problem is not None
