@@ -188,15 +188,16 @@ def create_remove(
     create_remove_once(targets["proxy"], body)
     create: dict[str, list[float]] = {t: [] for t in targets}
     total: dict[str, list[float]] = {t: [] for t in targets}
-    for i in range(rounds):
+    # One create each, in turns (the order flips every time): a create takes ~10-25 ms, and
+    # the VM's speed drifts over seconds, so blocks of creates per target would measure drift.
+    deadline = time.monotonic() + budget * rounds * len(targets)
+    for i in range(rounds * per_round):
         for t in _turns(order, i, targets):
-            deadline = time.monotonic() + budget
-            for _ in range(per_round):
-                c, r = create_remove_once(targets[t], body)
-                create[t].append(c)
-                total[t].append(c + r)
-                if time.monotonic() > deadline:
-                    break
+            c, r = create_remove_once(targets[t], body)
+            create[t].append(c)
+            total[t].append(c + r)
+        if time.monotonic() > deadline:
+            break
     return CreateResult(create, total)
 
 

@@ -464,7 +464,7 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "",
         f"- Targets take turns: round *i* runs direct, proxy, floor, round *i+1* floor, proxy, "
         "direct "
-        f"({p['rounds']} rounds for the small requests and creates, {p['stream_rounds']} for "
+        f"({p['rounds']} rounds for the small requests, {p['stream_rounds']} for "
         f"streams, {p['load_rounds']} for the load test), so drift falls on both alike; the "
         "samples of all rounds are pooled and the table shows medians (p50) and p99.",
         "- One private dockerd + loopback registry + fixture images from `tests/env`; the real "
@@ -478,8 +478,9 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "- create+remove: `POST /containers/create` binding the engine socket to "
         "`/var/run/docker.sock` (`NetworkMode: none`, image `dockercli`), then "
         "`DELETE ?force=1`, each on a fresh connection (as the CLI does); through the proxy the "
-        f"bind is rewritten to the agent's container socket. Up to {p['create_per_round']} per "
-        "target per round. The derived case builds `FROM dockercli` locally and sets "
+        "bind is rewritten to the agent's container socket. One create per target in turns "
+        f"(the order flips each time), up to {p['rounds'] * p['create_per_round']} per target. "
+        "The derived case builds `FROM dockercli` locally and sets "
         "`allowDerivedImages: true`; the extra time is p50(proxy create) - p50(direct create).",
         f"- Streams: `PUT /containers/{{id}}/archive` of a tar holding one {p['cp_mib']} MiB "
         "file (what `docker cp` sends: chunked, 32 KiB a chunk, as Go's client writes a body "
