@@ -814,7 +814,9 @@ class ProxyConnection:
         if ev.body or ev.chunks:
             return self._client_broken(400, "malformed request: body inside the head")
         # The head read whole, in one piece, from the parser's start: it may be remembered.
-        raw = buf[:pos] if known is not None and fresh and msg.fed == pos else None
+        raw = None
+        if known is not None and fresh and msg.fed == pos and buf.startswith(_KNOWN_METHODS):
+            raw = buf if pos == len(buf) else buf[:pos]  # no copy of other methods' heads
         try:
             return self._on_request(msg, raw)
         except _Malformed as err:
