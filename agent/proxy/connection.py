@@ -502,6 +502,7 @@ class _Exchange:
         "responded",
         "known_key",
         "known_generation",
+        "answers",
     )
 
     def __init__(
@@ -538,6 +539,8 @@ class _Exchange:
         self.responded = False  # response bytes went to the client
         self.known_key = known_key  # the raw head, if it may be remembered (`KnownHeads`)
         self.known_generation = known_generation
+        #: Response heads already read for requests like this one (`KnownHeads.answers`).
+        self.answers: dict[bytes, _Answer] | None = None
 
 
 class _Resp:
@@ -570,7 +573,7 @@ class _Resp:
 
     def __init__(self, capture: bool) -> None:
         self.capture = capture  # the parser hands over the body (to hold it, or de-chunk it)
-        self.msg = _response_msg(capture)
+        self.msg: _Msg | None = None  # the parser, made when the head is not a known one
         self.state = _Resp.HEAD
         self.mode = _Resp.PASS
         self.left = 0
@@ -591,6 +594,9 @@ GRPC_MAX_FRAME = 1 << 20
 
 
 _Known = tuple[RequestHead, bytes, list[bytes], Decision, bytes]
+#: What a response head says about the response's framing: status, state (`_Resp.HEAD`: no
+#: body, or `_Resp.LENGTH`), Content-Length bytes to pass on, and whether the connection ends.
+_Answer = tuple[int, int, int, bool]
 #: A request head longer than this is never remembered (see `KnownHeads`); the docker CLI's
 #: are ~100 bytes, docker-py's ~180.
 KNOWN_HEAD_MAX = 512
@@ -598,6 +604,11 @@ KNOWN_HEAD_MAX = 512
 KNOWN_HEADS_LIMIT = 128
 #: Methods whose bodiless requests may be remembered.
 _KNOWN_METHODS = (b"GET ", b"HEAD ")
+#: How many response heads a listener remembers per method (then it starts again). Most
+#: differ only in their Date, so a busy second reuses one; ~40 KiB in all.
+KNOWN_ANSWERS_LIMIT = 48
+#: A response head longer than this is never remembered (the engine's are ~250-400 bytes).
+KNOWN_ANSWER_MAX = 1024
 
 
 class KnownHeads:
@@ -612,9 +623,17 @@ class KnownHeads:
     same way, so a match is byte for byte on the whole head, never on a part of it. A policy
     change empties the table (`reset`), and an answer given under the old policy is not
     stored after it. Bounded: at most `limit` heads of at most `KNOWN_HEAD_MAX` bytes.
+
+    The engine's answers to such requests are remembered the same way (`answers_get`,
+    `answers_head`): a response head read whole, in one piece, from a new parser's start, that
+    was passed on as it came and has no body or a Content-Length one, maps to what it said
+    about the framing. The same bytes again, in answer to a request of the same kind, are
+    passed on without being parsed. What a head says depends on its bytes and on the request
+    (its method; and version, keep-alive and policy, the same for every request here), not on
+    the policy, so a policy change leaves these tables alone.
     """
 
-    __slots__ = ("entries", "generation", "limit")
+    __slots__ = ("entries", "generation", "limit", "answers_get", "answers_head")
 
     def __init__(self, limit: int = KNOWN_HEADS_LIMIT) -> None:
         #: raw head -> (the parsed head, its target as sent, its lower-case header names, the
@@ -622,6 +641,9 @@ class KnownHeads:
         self.entries: dict[bytes, _Known] = {}
         self.generation = 0
         self.limit = limit
+        #: response head -> what it says (`_Answer`), for GET and for HEAD requests
+        self.answers_get: dict[bytes, _Answer] = {}
+        self.answers_head: dict[bytes, _Answer] = {}
 
     def reset(self) -> None:
         self.generation += 1
@@ -826,7 +848,7 @@ class ProxyConnection:
         """A remembered head (`KnownHeads`): the exchange it opened, again, and its bytes."""
         head, target, lnames, decision, forward = known
         self.requests_seen += 1
-        self._ex = _Exchange(
+        ex = self._ex = _Exchange(
             head,
             target,
             lnames,
@@ -840,6 +862,9 @@ class ProxyConnection:
             decision=decision,
             sent_engine=True,
         )
+        table = self.known
+        if table is not None:
+            ex.answers = table.answers_head if head.method == "HEAD" else table.answers_get
         out: list[Command] = []
         if self._engine_dirty:
             out.append(CloseEngine())
@@ -1133,6 +1158,7 @@ class ProxyConnection:
                 known.remember(
                     ex.known_key, ex.known_generation, (head, ex.target, ex.lnames, decision, data)
                 )
+                ex.answers = known.answers_head if head.method == "HEAD" else known.answers_get
         if ex.body_done:
             ex.sent_engine = True
             return out
@@ -1153,6 +1179,24 @@ class ProxyConnection:
             state = resp.state
             if state is _Resp.HEAD:
                 msg = resp.msg
+                answers = ex.answers
+                if msg is None:
+                    if answers is not None and pos == 0 and not resp.head_parts:
+                        # A head already read for a request like this one (`KnownHeads`).
+                        end = data.find(_TERM, 0, KNOWN_ANSWER_MAX)
+                        if end >= 0:
+                            end += 4
+                            answer = answers.get(data if end == n else data[:end])
+                            if answer is not None:
+                                resp.status, resp.state, resp.left, close = answer
+                                resp.engine_close = resp.client_close = close
+                                ex.responded = True
+                                pos = end
+                                if resp.state is _Resp.HEAD:  # no body
+                                    out = self._flush(out, data, start, pos)
+                                    return self._response_end(resp, out, data, pos)
+                                continue
+                    msg = resp.msg = _response_msg(resp.capture)
                 head_start = pos
                 pos = _feed(msg, data, pos, True)
                 if not msg.ev.head_done:
@@ -1171,6 +1215,17 @@ class ProxyConnection:
                     if pieces:
                         out.append(SendClient(resp.head))
                         start = pos
+                    elif (
+                        answers is not None
+                        and head_start == 0
+                        and msg.fed == pos
+                        and pos <= KNOWN_ANSWER_MAX
+                        and (resp.state is _Resp.HEAD or resp.state is _Resp.LENGTH)
+                    ):
+                        # Read whole, in one piece, from a new parser's start: remember it.
+                        if len(answers) >= KNOWN_ANSWERS_LIMIT:
+                            answers.clear()
+                        answers[resp.head] = (resp.status, resp.state, resp.left, resp.client_close)
                     ex.responded = True
                 elif action == _SPLICE:
                     raw = data if not pieces and head_start == 0 else resp.head + data[pos:]
@@ -1199,6 +1254,7 @@ class ProxyConnection:
                     return self._response_end(resp, self._flush(out, data, start, pos), data, pos)
             elif state is _Resp.CHUNKED:
                 msg = resp.msg
+                assert msg is not None  # the head was read by it
                 pos = _feed(msg, data, pos, False)
                 ev = msg.ev
                 mode = resp.mode
@@ -1232,6 +1288,7 @@ class ProxyConnection:
 
     def _on_response_head(self, resp: _Resp, ex: _Exchange) -> int:
         msg = resp.msg
+        assert msg is not None
         ev = msg.ev
         parser = msg.parser
         assert isinstance(parser, httptools.HttpResponseParser)

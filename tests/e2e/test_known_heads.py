@@ -108,8 +108,25 @@ PROBE = textwrap.dedent(
             _note("hit", key, len(table))
             return _forward_known(self, known)
 
+        class _Answers(dict):
+            """A table of response heads that notes each one found in it."""
+
+            def get(self, key, default=None):
+                value = dict.get(self, key, default)
+                if value is not None:
+                    _note("answer", key, len(self))
+                return value
+
+        _init = _c.KnownHeads.__init__
+
+        def init(self, *args, **kwargs):
+            _init(self, *args, **kwargs)
+            self.answers_get = _Answers()
+            self.answers_head = _Answers()
+
         _c.KnownHeads.remember = remember
         _c.KnownHeads.reset = reset
+        _c.KnownHeads.__init__ = init
         _c.ProxyConnection._forward_known = forward_known
     '''
 )
@@ -143,6 +160,10 @@ class Probe:
 
     def kept(self, mark: int, key: bytes | None = None) -> int:
         return sum(1 for e in self.since(mark, "kept") if key is None or e[2] == key)
+
+    def answers(self, mark: int) -> list[bytes]:
+        """The response heads passed on as remembered (`KnownHeads.answers_*`)."""
+        return [e[2] for e in self.since(mark, "answer")]
 
 
 @pytest.fixture(scope="module")
@@ -416,6 +437,55 @@ def test_remembered_heads_answer_byte_for_byte_as_the_engine_does(kagent, probe,
     for _, head in heads:  # remembered at the first (or before), then answered from the table
         assert probe.kept(mark, head) + probe.hits(mark, head) == 3, head
         assert probe.hits(mark, head) >= 2, head
+    # The engine's response heads too (Date moves on once a second: some may be read again).
+    assert len(probe.answers(mark)) >= 3, probe.since(mark)
+
+
+def test_remembered_answers_keep_responses_in_step(kagent, probe, direct, stack, sleeper):
+    """Response heads taken from the table (`answers_*`) frame each response as the engine did.
+    The engine answers GET and HEAD of a missing path in a container's archive with the SAME
+    head (`Content-Length: 67`), a body only after the GET: on one kept-alive connection and
+    pipelined, every response comes in order, and a refused create behind them is still read
+    as a request and refused (checked on the ENGINE)."""
+    missing = f"/v1.41/containers/{sleeper}/archive?path=/eci-no-such-file"
+    get_missing, head_missing = _req("GET", missing), _req("HEAD", missing)
+    _prime(kagent.listen, probe, PING, HEAD_PING, LIST, get_missing, head_missing)
+    mix = [("GET", get_missing), ("HEAD", head_missing), ("HEAD", HEAD_PING), ("GET", PING),
+           ("HEAD", head_missing), ("GET", LIST), ("GET", get_missing)]  # fmt: skip
+    smuggled = sleeper + "-smuggled"
+
+    def run(path: str, rounds: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        with _connect(path) as s:
+            reader = Reader(s)
+            for _ in range(rounds):
+                for method, head in mix:
+                    s.sendall(head)
+                    out.append(reader.response(method))
+            s.sendall(b"".join(head for _, head in mix) * 4)  # pipelined
+            for _ in range(4):
+                out += [reader.response(method) for method, _ in mix]
+            s.sendall(_bad_create(stack, smuggled))
+            refused = reader.response("POST")
+            assert reader.buf == b"" and _read_all(s, 2.0) == b""
+        return out + [refused]
+
+    mark = probe.mark()
+    through = run(kagent.listen, 30)
+    assert not _exists(direct, smuggled), "the create behind remembered answers reached the engine"
+    try:
+        engine = run(stack.engine_socket, 30)  # the same bytes create it there
+    finally:
+        direct("rm", "-f", smuggled)
+    assert len(through) == len(engine)
+    for (ah, ab), (dh, db) in zip(through[:-1], engine[:-1], strict=True):
+        assert _without_date(ah) == _without_date(dh)
+        assert _payload(ah, ab) == _payload(dh, db)
+    assert _status(through[-1][0]) == 403 and _status(engine[-1][0]) == 201
+    heads = {_without_date(h) for h, _ in through if _status(h) == 404}
+    assert len(heads) == 1, "GET and HEAD were not answered with the same head"
+    # Most heads came from the table: 238 responses, a new Date at most once a second.
+    assert len(probe.answers(mark)) >= 150, len(probe.answers(mark))
 
 
 def test_pipelined_remembered_requests_are_answered_in_order(kagent, probe, direct, stack, name):

@@ -5,6 +5,10 @@ What must hold: a head is taken from the table only when the bytes are the whole
 byte; what the engine then gets, and what the client gets back, is what the parsed path gives;
 nothing that is not a plain GET/HEAD allowed by route alone is ever remembered; a policy change
 forgets everything, and an answer judged under the old policy is not remembered after it.
+
+The engine's response heads to such requests are remembered too (`KnownHeads.answers_*`): what
+the client gets, and where the response is taken to end, must be what a parser reading the head
+afresh gives, for every framing, and a head is only looked up for the method it was read for.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import pytest
 
 from agent.policy.decide import ALLOW, ALLOW_BY_ROUTE, Decision
 from agent.proxy.connection import (
+    KNOWN_ANSWER_MAX,
+    KNOWN_ANSWERS_LIMIT,
     KNOWN_HEAD_MAX,
     CloseClient,
+    CloseEngine,
     KnownHeads,
+    Log,
     Phase,
     ProxyConnection,
     RequestHead,
@@ -185,6 +193,113 @@ def test_the_table_is_bounded() -> None:
         cycle(c, raw, ALLOW_BY_ROUTE, PONG)
         assert len(known.entries) <= 4
     assert known.entries
+
+
+# -- the engine's answers, remembered ------------------------------------------------------------
+
+
+def outcome(c: ProxyConnection, raw: bytes, pieces: list[bytes]) -> tuple[object, ...]:
+    """What one exchange of a remembered request head does, the response arriving in `pieces`:
+    the bytes the client gets, the other commands, and where the connection is left."""
+    cmds = c.client_data(raw)
+    assert not judges(cmds), "the request head is not a remembered one"
+    out: list[object] = []
+    for piece in pieces:
+        out += c.engine_data(piece)
+    to_client = sent_client(out)  # type: ignore[arg-type]
+    others = [type(x).__name__ for x in out if not hasattr(x, "data")]
+    others += [x.message for x in out if isinstance(x, Log)]
+    return to_client, others, c.phase, c.engine_reusable()
+
+
+@pytest.mark.parametrize(
+    ("raw", "pieces", "remembered"),
+    [
+        (PING, [PONG], True),
+        (PING, [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], True),
+        (PING, [b"HTTP/1.1 204 No Content\r\nApi-Version: 1.41\r\n\r\n"], True),
+        (PING, [b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"], True),
+        (PING, [b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"], True),
+        (PING, [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"], True),
+        (PING, [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nCONNECTION: Close\r\n\r\nOK"], True),
+        (PING, [HEAD_PONG, b"O", b"K"], True),  # the body in later reads
+        (PING, [PONG + b"HTTP/1.1 200 OK\r\n"], True),  # the engine says more than it was asked
+        (HEAD_PING, [HEAD_PONG], True),
+        (HEAD_PING, [HEAD_PONG + b"OK"], True),  # no body after a HEAD: OK is out of turn
+        # Never remembered: what needs the parser after the head, or was not read whole.
+        (PING, [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n"], False),
+        (PING, [b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\n\r\nuntil the end"], False),
+        (PING, [b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nraw"], False),
+        (PING, [b"HTTP/1.1 100 Continue\r\n\r\n" + PONG], False),
+        (PING, [PONG[:20], PONG[20:]], False),  # a head in two reads
+        (PING, [b"HTTP/1.1 200 OK\r\nX: " + b"a" * KNOWN_ANSWER_MAX + b"\r\nContent-Length: 2\r\n\r\nOK"], False),
+    ],
+)  # fmt: skip
+def test_a_remembered_answer_does_what_reading_it_afresh_does(
+    raw: bytes, pieces: list[bytes], remembered: bool
+) -> None:
+    known = KnownHeads()
+    cycle(new(known), raw, ALLOW_BY_ROUTE, PONG if raw == PING else HEAD_PONG)
+    known.answers_get.clear()
+    known.answers_head.clear()
+    table = known.answers_head if raw.startswith(b"HEAD") else known.answers_get
+    first = outcome(new(known), raw, pieces)  # read by a parser
+    assert bool(table) is remembered
+    again = outcome(new(known), raw, pieces)  # from the table, if remembered
+    assert again == first
+    assert bool(table) is remembered and len(table) <= 1
+
+
+def test_a_head_remembered_for_get_is_not_used_for_head() -> None:
+    """The same response head frames a body after a GET and none after a HEAD."""
+    known = KnownHeads()
+    cycle(new(known), PING, ALLOW_BY_ROUTE, PONG)
+    cycle(new(known), HEAD_PING, ALLOW_BY_ROUTE, HEAD_PONG)
+    known.answers_get.clear()
+    known.answers_head.clear()
+    c = new(known)
+    for _ in range(2):
+        assert outcome(c, PING, [PONG])[0] == PONG  # the GET's answer: remembered
+    assert list(known.answers_get) == [HEAD_PONG] and not known.answers_head
+    c = new(known)
+    for _ in range(3):  # after a HEAD the exchange ends at the head: the next request is read
+        to_client, _, phase, _ = outcome(c, HEAD_PING, [HEAD_PONG])
+        assert to_client == HEAD_PONG and phase is Phase.IDLE
+        to_client, _, phase, _ = outcome(c, PING, [PONG])
+        assert to_client == PONG and phase is Phase.IDLE
+
+
+def test_a_response_to_a_request_not_remembered_is_not_remembered() -> None:
+    known = KnownHeads()
+    c = new(known)
+    post = b"POST /containers/c/kill HTTP/1.1\r\nHost: d\r\n\r\n"
+    for raw, decision in ((post, ALLOW_BY_ROUTE), (PING, ALLOW)):
+        c.client_data(raw)
+        assert sent_client(c.engine_data(sent_engine(c.judged(decision)) and PONG)) == PONG
+    assert not known.answers_get and not known.answers_head
+
+
+def test_a_remembered_answer_with_close_ends_both_connections() -> None:
+    known = KnownHeads()
+    cycle(new(known), PING, ALLOW_BY_ROUTE, PONG)
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK"
+    for _ in range(2):
+        c = new(known)
+        c.client_data(PING)
+        out = c.engine_data(closing)
+        assert sent_client(out) == closing
+        assert any(isinstance(x, CloseClient) for x in out)
+        assert any(isinstance(x, CloseEngine) for x in out) or not c.engine_reusable()
+    assert known.answers_get[closing[:-2]][3] is True
+
+
+def test_the_answers_are_bounded() -> None:
+    known = KnownHeads()
+    c = new(known)
+    for i in range(3 * KNOWN_ANSWERS_LIMIT):
+        pong = b"HTTP/1.1 200 OK\r\nDate: %d\r\nContent-Length: 2\r\n\r\nOK" % i
+        assert cycle(c, PING, ALLOW_BY_ROUTE, pong)[2] == pong
+        assert 0 < len(known.answers_get) <= KNOWN_ANSWERS_LIMIT
 
 
 # -- which answers the gate gives as by route alone --------------------------------------------
