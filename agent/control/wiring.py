@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import agent
 from agent import native
 from agent.control.api import AccessPolicy, ActionRefused, Caller, ControlApp, NotAvailable
 from agent.control.server import ControlServer
@@ -42,10 +42,7 @@ ENGINE_PROBE_INTERVAL = 30.0
 
 
 def agent_version() -> str:
-    try:
-        return importlib.metadata.version("eci-agent")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return agent.__version__
 
 
 def _code() -> dict[str, Any]:
