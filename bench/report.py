@@ -483,7 +483,8 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "The derived case builds `FROM dockercli` locally and sets "
         "`allowDerivedImages: true`; the extra time is p50(proxy create) - p50(direct create).",
         f"- Streams: `PUT /containers/{{id}}/archive` of a tar holding one {p['cp_mib']} MiB "
-        "file (what `docker cp` sends: chunked, 32 KiB a chunk, as Go's client writes a body "
+        "file of random bytes (like most real files, it holds CRs and LFs; zeros would not) "
+        "(what `docker cp` sends: chunked, 32 KiB a chunk, as Go's client writes a body "
         "of unknown length; once more with a Content-Length for comparison), `GET` of it "
         "back, and `dd if=/dev/zero bs=1M "
         f"count={p['exec_mib']}` through `POST /exec/{{id}}/start` with `Upgrade: tcp`, stdout "
