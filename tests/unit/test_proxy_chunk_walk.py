@@ -239,7 +239,7 @@ def test_a_size_line_split_between_reads_keeps_the_walk(inside: int) -> None:
     c = ProxyConnection(needs_body, max_judged_body=1024)
     c.client_data(PUT)
     c.judged(ALLOW)
-    payload = PAYLOADS["random"][:3 * 32768]
+    payload = PAYLOADS["random"][: 3 * 32768]
     data = chunked(payload, [32768])
     second = 32768 + len(b"8000\r\n") + 2  # where the second size line starts
     body = b""
