@@ -12,7 +12,7 @@ import random
 import pytest
 
 from agent.policy.decide import ALLOW
-from agent.proxy.connection import _LOST, ProxyConnection, RequestHead
+from agent.proxy.connection import _LOST, Command, ProxyConnection, RequestHead
 from tests.unit.test_proxy_connection import closes, judges, sent_client, sent_engine
 
 PUT = b"PUT /containers/x/archive?path=/ HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -68,6 +68,27 @@ def reads(data: bytes, cut: int | str) -> list[bytes]:
     return [data[i : i + cut] for i in range(0, len(data), cut)]
 
 
+def uploading() -> ProxyConnection:
+    """A connection whose PUT of a chunked body was allowed: the body comes next."""
+    c = ProxyConnection(needs_body, max_judged_body=1024)
+    c.client_data(PUT)
+    c.judged(ALLOW)
+    return c
+
+
+def feed(c: ProxyConnection, data: bytes, cut: int | str) -> tuple[bytes, list[Command]]:
+    """`data` from the client in reads cut so: (bytes to the engine, every command), up to the
+    first close."""
+    fwd, out = b"", []
+    for piece in reads(data, cut):
+        cmds = c.client_data(piece)
+        out += cmds
+        fwd += sent_engine(cmds)
+        if closes(cmds):
+            break
+    return fwd, out
+
+
 PAYLOADS = {
     "random": RNG.randbytes(150_000),
     "crlf": (NASTY + RNG.randbytes(100)) * 300,
@@ -118,9 +139,7 @@ def test_a_request_body_reaches_the_engine_whole_and_the_next_request_waits(
 @pytest.mark.parametrize("cut", [1 << 20, 3, "random"])
 def test_size_line_spellings_llhttp_takes(variant: dict[str, object], cut: int | str) -> None:
     payload = PAYLOADS["crlf"][:50_000]
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
+    c = uploading()
     body = b""
     for piece in reads(chunked(payload, [4096, 100], **variant) + PING, cut):  # type: ignore[arg-type]
         cmds = c.client_data(piece)
@@ -143,16 +162,7 @@ def test_size_lines_llhttp_refuses_are_refused_and_nothing_after_them_forwarded(
     llhttp, which refuses them; the request hidden in the chunk never reaches the engine."""
     good = chunked(PAYLOADS["random"][:70_000], [32768])[: -len(b"0\r\n\r\n")]
     data = good + size_line + b"\r\n" + NASTY + b"\r\n0\r\n\r\n" + CREATE
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
-    body, out = b"", []
-    for piece in reads(data, cut):
-        cmds = c.client_data(piece)
-        out += cmds
-        body += sent_engine(cmds)
-        if closes(cmds):
-            break
+    body, out = feed(uploading(), data, cut)
     assert sent_client(out).startswith(b"HTTP/1.1 400 ") and closes(out)
     assert b"/containers/create" not in body and not judges(out)
 
@@ -163,14 +173,8 @@ def test_a_lying_size_line_is_read_as_llhttp_reads_it() -> None:
     inside = b"x" * 10 + b"\r\n0\r\n\r\n" + CREATE + b"\r\n\r\n"
     data = b"%x\r\n" % len(inside) + inside + b"\r\n0\r\n\r\n" + PING
     for cut in (len(data), 5, 1):
-        c = ProxyConnection(needs_body, max_judged_body=1024)
-        c.client_data(PUT)
-        c.judged(ALLOW)
-        fwd, out = b"", []
-        for piece in reads(data, cut):
-            cmds = c.client_data(piece)
-            out += cmds
-            fwd += sent_engine(cmds)
+        c = uploading()
+        fwd, out = feed(c, data, cut)
         assert not judges(out) and not closes(out)
         assert dechunk(fwd) == inside
         (judge,) = judges(c.engine_data(PONG))
@@ -187,26 +191,20 @@ def test_a_walk_that_goes_too_far_is_caught_by_the_parser_check(
     if not connection.__file__.endswith(".py"):
         pytest.skip("the compiled module's calls cannot be patched")
     monkeypatch.setattr(connection, "_walk", lambda msg, buf, pos: len(buf))
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
+    c = uploading()
     cmds = c.client_data(chunked(b"abc", [3]) + CREATE)
     assert sent_client(cmds).startswith(b"HTTP/1.1 400 ") and closes(cmds)
     assert b"/containers/create" not in sent_engine(cmds) and not judges(cmds)
 
 
 def test_many_tiny_chunks_are_not_followed() -> None:
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
+    c = uploading()
     c.client_data(chunked(bytes(20_000), [1])[:60_000])
     assert c._req is not None and c._req.walk == _LOST
 
 
 def test_big_chunks_are_followed_across_reads() -> None:
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
+    c = uploading()
     data = chunked(PAYLOADS["random"], [32768])
     for piece in reads(data[:-200], 65536):
         c.client_data(piece)
@@ -236,9 +234,7 @@ def test_a_chunked_response_reaches_the_client_raw_and_its_end_is_found(
 @pytest.mark.parametrize("inside", [1, 2, 3, 4, 5])
 def test_a_size_line_split_between_reads_keeps_the_walk(inside: int) -> None:
     """`8000\r\n` cut after `inside` bytes: the walk takes up the line where the read ended."""
-    c = ProxyConnection(needs_body, max_judged_body=1024)
-    c.client_data(PUT)
-    c.judged(ALLOW)
+    c = uploading()
     payload = PAYLOADS["random"][: 3 * 32768]
     data = chunked(payload, [32768])
     second = 32768 + len(b"8000\r\n") + 2  # where the second size line starts
