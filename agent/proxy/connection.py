@@ -476,12 +476,16 @@ def _feed(msg: _Msg, buf: bytes, pos: int, until_head: bool) -> int:
             # A chunked body: feed the chunks before the last one in one piece, unsearched.
             stop = _walk(msg, buf, pos)
             if stop > pos:
-                if pos == 0 and stop == n:
-                    parser.feed_data(buf)
-                else:
-                    if view is None:
-                        view = memoryview(buf)
-                    parser.feed_data(view[pos:stop])
+                try:
+                    if pos == 0 and stop == n:
+                        parser.feed_data(buf)
+                    else:
+                        if view is None:
+                            view = memoryview(buf)
+                        parser.feed_data(view[pos:stop])
+                except HttpParserUpgrade:
+                    # Only after a message end: never inside chunk data.
+                    raise HttpParserError("message end not where it must be") from None
                 if ev.done or ev.begun > 1:
                     raise HttpParserError("message end not where it must be")
                 msg.tail = (

@@ -68,6 +68,15 @@ def name() -> str:
     return "eci-t-" + uuid.uuid4().hex[:10]
 
 
+@pytest.fixture
+def box(direct: DockerRun, stack: Any, name: str) -> Iterator[str]:
+    """A running busybox container named `name` (no network), removed afterwards."""
+    direct("run", "-d", "--name", name, "--network", "none", stack.images["busybox"],
+           "sleep", "600", check=True)  # fmt: skip
+    yield name
+    direct("rm", "-f", name)
+
+
 @pytest.fixture(autouse=True)
 def _default_policy_after(request: pytest.FixtureRequest) -> Iterator[None]:
     yield

@@ -67,19 +67,6 @@ def _send(path: str, data: bytes, pieces: list[int] | None = None) -> bytes:
         return _read_all(s, 5.0)
 
 
-def _file(direct: Any, container: str, path: str) -> bytes | None:
-    r = direct("exec", container, "cat", path)
-    return r.stdout.encode("latin-1") if r.returncode == 0 else None
-
-
-@pytest.fixture
-def box(direct: Any, stack: Any, name: str) -> Any:
-    direct("run", "-d", "--name", name, "--network", "none", stack.images["busybox"],
-           "sleep", "600", check=True)  # fmt: skip
-    yield name
-    direct("rm", "-f", name)
-
-
 def test_an_upload_in_every_chunk_shape_arrives_whole(agent, direct, stack, box):
     """Random data (an LF every ~256 bytes), big and tiny chunks, reads cut inside size lines:
     the file the engine wrote is the file sent, and the create behind it is judged (refused)."""

@@ -79,8 +79,12 @@ def uploading() -> ProxyConnection:
 def feed(c: ProxyConnection, data: bytes, cut: int | str) -> tuple[bytes, list[Command]]:
     """`data` from the client in reads cut so: (bytes to the engine, every command), up to the
     first close."""
+    return feed_reads(c, reads(data, cut))
+
+
+def feed_reads(c: ProxyConnection, pieces: list[bytes]) -> tuple[bytes, list[Command]]:
     fwd, out = b"", []
-    for piece in reads(data, cut):
+    for piece in pieces:
         cmds = c.client_data(piece)
         out += cmds
         fwd += sent_engine(cmds)
@@ -195,6 +199,12 @@ def test_a_walk_that_goes_too_far_is_caught_by_the_parser_check(
     cmds = c.client_data(chunked(b"abc", [3]) + CREATE)
     assert sent_client(cmds).startswith(b"HTTP/1.1 400 ") and closes(cmds)
     assert b"/containers/create" not in sent_engine(cmds) and not judges(cmds)
+    # An upgrade behind the end stops llhttp with another exception: refused the same way.
+    c = uploading()
+    attach = b"POST /containers/x/attach HTTP/1.1\r\nHost: d\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
+    cmds = c.client_data(chunked(b"abc", [3]) + attach)
+    assert sent_client(cmds).startswith(b"HTTP/1.1 400 ") and closes(cmds)
+    assert b"/attach" not in sent_engine(cmds) and not judges(cmds)
 
 
 def test_many_tiny_chunks_are_not_followed() -> None:
