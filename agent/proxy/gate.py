@@ -1298,8 +1298,12 @@ class Gate:
     # -- facts -----------------------------------------------------------------------------------
 
     def _protected(
-        self, table: tuple[MountEntry, ...] | None = None
+        self,
+        table: tuple[MountEntry, ...] | None = None,
+        resolved_paths: dict[str, ResolvedPath] | None = None,
     ) -> tuple[ProtectedSocket, ...]:
+        """The sockets no container may reach, resolved now. Each path's resolution is also
+        put in `resolved_paths` (a mount naming the same path is judged on that very answer)."""
         if table is None:
             table = _mount_table()
         paths = [(p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, self.config.engine_socket)] + [
@@ -1312,15 +1316,12 @@ class Gate:
             if path in seen:
                 continue
             seen.add(path)
-            resolved = _resolve(path)
-            links = 1
+            resolved, links = _resolve_counting_links(path)
+            if resolved_paths is not None:
+                resolved_paths[path] = resolved
             aliases: tuple[str, ...] = ()
             if resolved.inode is not None:
                 dev = resolved.inode[0]
-                try:
-                    links = os.stat(resolved.resolved).st_nlink
-                except OSError:
-                    pass
                 aliases = socket_aliases(resolved.resolved, (os.major(dev), os.minor(dev)), table)
             out.append(
                 ProtectedSocket(
@@ -1344,15 +1345,24 @@ class Gate:
         partial = HostFacts((), {}, volumes, containers)
         needed = host_paths_needed(intents, partial)
 
-        def gather() -> HostFacts:
-            # One trip to a worker thread (file system calls may block): the mount table read
-            # once, then the protected sockets and every path the mounts name.
-            table = _mount_table()
-            paths = {p: _resolve(p) for p in needed}
-            protected = self._protected(table)
-            return HostFacts(protected, paths, volumes, containers, procfs_mount_points(table))
-
-        return await asyncio.to_thread(gather)
+        # The mount table (procfs) and the protected sockets (paths the admin and the agent
+        # chose, in root-owned folders) are read here, on the loop: they cannot block. A path a
+        # client names could (a hung network or FUSE mount), so any path other than those is
+        # resolved in a worker thread, after them. The usual socket mount names one of the
+        # protected paths itself and is judged on that same resolution, with no thread trip.
+        table = _mount_table()
+        paths: dict[str, ResolvedPath] = {}
+        protected = self._protected(table, paths)
+        other = needed.difference(paths)
+        if other:
+            paths.update(await asyncio.to_thread(_resolve_all, other))
+        return HostFacts(
+            protected,
+            {p: paths[p] for p in needed},
+            volumes,
+            containers,
+            procfs_mount_points(table),
+        )
 
     async def _volume(self, name: str) -> VolumeFact:
         try:
@@ -1512,18 +1522,29 @@ def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Deci
 
 
 def _resolve(path: str) -> ResolvedPath:
+    return _resolve_counting_links(path)[0]
+
+
+def _resolve_all(paths: Iterable[str]) -> dict[str, ResolvedPath]:
+    return {p: _resolve(p) for p in paths}
+
+
+def _resolve_counting_links(path: str) -> tuple[ResolvedPath, int]:
+    """The path resolved (symlinks followed) and stat'ed, and its number of hard links (1 when
+    it does not exist)."""
     resolved = os.path.realpath(path)
     try:
         st = os.stat(resolved)
     except OSError:
-        return ResolvedPath(path, resolved)
-    return ResolvedPath(
+        return ResolvedPath(path, resolved), 1
+    found = ResolvedPath(
         path,
         resolved,
         (st.st_dev, st.st_ino),
         stat.S_ISSOCK(st.st_mode),
         stat.S_ISDIR(st.st_mode),
     )
+    return found, st.st_nlink
 
 
 #: The last mount table read and what it parsed to (parsing is pure: same bytes, same table).

@@ -317,6 +317,53 @@ def test_the_mount_table_is_read_every_time_and_parsed_when_it_changed(
     assert gate_module._mount_table() == ()
 
 
+
+# -- which paths go to a worker thread ----------------------------------------------------------
+
+
+def threaded_paths(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """Records each set of paths the gate resolves in a worker thread (still resolving them)."""
+    calls: list[set[str]] = []
+    real = gate_module._resolve_all
+
+    def recording(paths: Any) -> Any:
+        calls.append(set(paths))
+        return real(paths)
+
+    monkeypatch.setattr(gate_module, "_resolve_all", recording)
+    return calls
+
+
+def test_a_bind_of_a_protected_path_is_judged_on_its_own_resolution_without_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = threaded_paths(monkeypatch)
+    decision, rewritten, _, _ = judge(tmp_path, [IMAGE_A], socket_create)
+    assert decision.allowed and decision.expect_image_id == IMAGE_A["Id"]
+    assert rewritten is not None  # found to be the engine socket: rewritten
+    assert calls == []
+
+
+@pytest.mark.parametrize("how", ["symlink", "parent folder", "unclean path"])
+def test_any_other_path_to_the_socket_is_resolved_in_a_thread_and_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    calls = threaded_paths(monkeypatch)
+    link = tmp_path / "innocent"
+    link.symlink_to(tmp_path / "engine.sock")
+    source = {
+        "symlink": str(link),
+        "parent folder": str(tmp_path),
+        "unclean path": f"{tmp_path}/run/../engine.sock",
+    }[how]
+    body = {"Image": "example.com/app:1", "HostConfig": {"Binds": [f"{source}:/var/run/x"]}}
+    only_a = settings(images=(DIGEST_A,))
+    decision, _, engine, _ = judge(tmp_path, [IMAGE_B], lambda sock: body, only_a)
+    assert calls and source in set().union(*calls)
+    # Reached the engine socket: judged by image (IMAGE_B's digest is not the allowed one).
+    assert not decision.allowed and decision.status == 403, decision.message
+    assert engine.image_inspects() == 1
+
 # -- reusing what the engine said about an image name (Gate._resolved) ---------------------------
 
 
