@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -85,7 +84,6 @@ from agent.policy.isolation import (
 from agent.policy.mounts import (
     FromContainer,
     HostPath,
-    MountEntry,
     MountIntent,
     NamedVolume,
     ProtectedSocket,
@@ -96,10 +94,8 @@ from agent.policy.mounts import (
     local_volume_mount,
     may_name_socket,
     parse_bind_spec,
-    parse_mountinfo,
     plugin_mounts,
     procfs_mount_points,
-    socket_aliases,
     volume_create_mount,
 )
 from agent.policy.routes import (
@@ -112,6 +108,7 @@ from agent.policy.routes import (
 )
 from agent.proxy.connection import Request, RequestHead, StreamRefused, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
+from agent.proxy.host_paths import MountTable, ProtectedPaths, resolve, resolve_all
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
 from agent.proxy.server import _start as start_now
@@ -144,7 +141,6 @@ PLUGIN_ENABLE = "POST /plugins/{name}/enable"
 GRPC_ROUTE = "POST /grpc"
 
 WELL_KNOWN_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
-MOUNTINFO = "/proc/self/mountinfo"
 REGISTRY_TTL = 60.0
 #: How long what `GET /info` and the host networks say is reused.
 ENGINE_INFO_TTL = 10.0
@@ -267,6 +263,14 @@ class Gate:
             config.engine_socket,
             *config.listen_sockets,
             config.container_socket,
+        )
+        self._mounts = MountTable()
+        self._protected_paths = ProtectedPaths(
+            (
+                *((p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, config.engine_socket)),
+                *((p, "eci-agent socket") for p in config.listen_sockets),
+                (config.container_socket, "eci-agent container socket"),
+            )
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         #: A create's `Image` text -> (when, the image the engine said it was): see RESOLVED_TTL.
@@ -992,8 +996,10 @@ class Gate:
         if mount is None:
             return ALLOW
         device = mount.source
-        protected = await asyncio.to_thread(self._protected)
-        resolved = await asyncio.to_thread(_resolve, device)
+        protected, known = self._protected()
+        resolved = known.get(device)
+        if resolved is None:
+            resolved = await asyncio.to_thread(resolve, device)
         hit = exposed_socket(resolved, protected)
         if hit is None:
             return ALLOW
@@ -1291,44 +1297,18 @@ class Gate:
             if path in seen or not path:
                 continue
             seen.add(path)
-            found = _resolve(path)
+            found = resolve(path)
             out.append(SensitivePath(path, label, found.resolved, found.inode, inside))
         return tuple(out)
 
     # -- facts -----------------------------------------------------------------------------------
 
-    def _protected(
-        self,
-        table: tuple[MountEntry, ...] | None = None,
-        resolved_paths: dict[str, ResolvedPath] | None = None,
-    ) -> tuple[ProtectedSocket, ...]:
-        """The sockets no container may reach, resolved now. Each path's resolution is also
-        put in `resolved_paths` (a mount naming the same path is judged on that very answer)."""
-        if table is None:
-            table = _mount_table()
-        paths = [(p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, self.config.engine_socket)] + [
-            (p, "eci-agent socket") for p in (*self.config.listen_sockets,)
-        ]
-        paths.append((self.config.container_socket, "eci-agent container socket"))
-        out: list[ProtectedSocket] = []
-        seen: set[str] = set()
-        for path, label in paths:
-            if path in seen:
-                continue
-            seen.add(path)
-            resolved, links = _resolve_counting_links(path)
-            if resolved_paths is not None:
-                resolved_paths[path] = resolved
-            aliases: tuple[str, ...] = ()
-            if resolved.inode is not None:
-                dev = resolved.inode[0]
-                aliases = socket_aliases(resolved.resolved, (os.major(dev), os.minor(dev)), table)
-            out.append(
-                ProtectedSocket(
-                    path, resolved.resolved, resolved.inode, label, links=links, aliases=aliases
-                )
-            )
-        return tuple(out)
+    def _protected(self) -> tuple[tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
+        """The sockets no container may reach, and each configured path's resolution (a mount
+        naming the same path is judged on that very answer), with the mount table read now."""
+        table = self._mounts.current()
+        sockets, resolved = self._protected_paths.current(table, self._mounts.generation)
+        return sockets, resolved
 
     async def _host_facts(self, intents: tuple[MountIntent, ...]) -> HostFacts:
         volumes: dict[str, VolumeFact] = {}
@@ -1350,12 +1330,11 @@ class Gate:
         # client names could (a hung network or FUSE mount), so any path other than those is
         # resolved in a worker thread, after them. The usual socket mount names one of the
         # protected paths itself and is judged on that same resolution, with no thread trip.
-        table = _mount_table()
-        paths: dict[str, ResolvedPath] = {}
-        protected = self._protected(table, paths)
+        protected, paths = self._protected()
+        table = self._mounts.current()
         other = needed.difference(paths)
         if other:
-            paths.update(await asyncio.to_thread(_resolve_all, other))
+            paths.update(await asyncio.to_thread(resolve_all, other))
         return HostFacts(
             protected,
             {p: paths[p] for p in needed},
@@ -1519,60 +1498,6 @@ def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Deci
     prefix = f"/v{target.version}" if target.version is not None else ""
     query = raw_target.partition("?")[2]
     return dataclasses.replace(decision, target=prefix + path + ("?" + query if query else ""))
-
-
-def _resolve(path: str) -> ResolvedPath:
-    return _resolve_counting_links(path)[0]
-
-
-def _resolve_all(paths: Iterable[str]) -> dict[str, ResolvedPath]:
-    return {p: _resolve(p) for p in paths}
-
-
-def _resolve_counting_links(path: str) -> tuple[ResolvedPath, int]:
-    """The path resolved (symlinks followed) and stat'ed, and its number of hard links (1 when
-    it does not exist)."""
-    resolved = os.path.realpath(path)
-    try:
-        st = os.stat(resolved)
-    except OSError:
-        return ResolvedPath(path, resolved), 1
-    found = ResolvedPath(
-        path,
-        resolved,
-        (st.st_dev, st.st_ino),
-        stat.S_ISSOCK(st.st_mode),
-        stat.S_ISDIR(st.st_mode),
-    )
-    return found, st.st_nlink
-
-
-#: The last mount table read and what it parsed to (parsing is pure: same bytes, same table).
-_parsed_mounts: tuple[bytes, tuple[MountEntry, ...]] = (b"", ())
-
-
-def _mount_table() -> tuple[MountEntry, ...]:
-    """This process's mount table (the engine's too, when both run in the host namespace).
-
-    Read afresh every time; parsed again only when its text changed."""
-    global _parsed_mounts
-    try:
-        fd = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-    except OSError:
-        return ()
-    raw = b"".join(chunks)
-    last = _parsed_mounts
-    if raw and raw == last[0]:
-        return last[1]
-    table = parse_mountinfo(raw.decode("utf-8", "surrogateescape"))
-    _parsed_mounts = (raw, table)
-    return table
 
 
 def _container_fact(name: str, info: dict[str, Any]) -> ContainerFact:

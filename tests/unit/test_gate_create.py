@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -300,37 +299,19 @@ def test_a_missing_image_is_the_engine_style_404(tmp_path: Path) -> None:
     assert decision.rule == "no-such-image"
 
 
-def test_the_mount_table_is_read_every_time_and_parsed_when_it_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    line = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
-    info = tmp_path / "mountinfo"
-    info.write_text(line)
-    monkeypatch.setattr(gate_module, "MOUNTINFO", str(info))
-    first = gate_module._mount_table()
-    assert [e.mount_point for e in first] == ["/mnt2"]
-    assert gate_module._mount_table() is first  # same text: the same parse
-    info.write_text(line + line.replace("/mnt2", "/a\rb"))
-    second = gate_module._mount_table()
-    assert [e.mount_point for e in second] == ["/mnt2", "/a\rb"]
-    os.unlink(info)
-    assert gate_module._mount_table() == ()
-
-
-
 # -- which paths go to a worker thread ----------------------------------------------------------
 
 
 def threaded_paths(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
     """Records each set of paths the gate resolves in a worker thread (still resolving them)."""
     calls: list[set[str]] = []
-    real = gate_module._resolve_all
+    real = gate_module.resolve_all
 
     def recording(paths: Any) -> Any:
         calls.append(set(paths))
         return real(paths)
 
-    monkeypatch.setattr(gate_module, "_resolve_all", recording)
+    monkeypatch.setattr(gate_module, "resolve_all", recording)
     return calls
 
 
@@ -363,6 +344,7 @@ def test_any_other_path_to_the_socket_is_resolved_in_a_thread_and_found(
     # Reached the engine socket: judged by image (IMAGE_B's digest is not the allowed one).
     assert not decision.allowed and decision.status == 403, decision.message
     assert engine.image_inspects() == 1
+
 
 # -- reusing what the engine said about an image name (Gate._resolved) ---------------------------
 
