@@ -265,25 +265,36 @@ def install(native_dir: Path = NATIVE_DIR, root: Path = ROOT) -> NativeStatus:
 # -- building -------------------------------------------------------------------------------
 
 
+def build_prerequisite_missing() -> str:
+    """What this machine lacks to build (mypyc, setuptools, Python.h, a C compiler), or ""."""
+    import shutil
+    import sysconfig
+
+    try:
+        import mypyc.build  # noqa: F401
+        import setuptools  # noqa: F401
+    except ImportError as err:
+        return f"mypyc or setuptools missing ({err})"
+    include = sysconfig.get_paths().get("include") or ""
+    if not (Path(include) / "Python.h").is_file():
+        return f"no Python.h in {include!r}"
+    if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
+        return "no C compiler (cc)"
+    return ""
+
+
 def build(root: Path = ROOT, native_dir: Path = NATIVE_DIR) -> int:
     """Compile `MODULES` with mypyc into `native_dir` (replaced whole, manifest written last)."""
     import shutil
-    import sysconfig
     import tempfile
 
-    try:
-        from mypyc.build import mypycify
-        from setuptools import setup
-    except ImportError as err:
-        print(f"native: mypyc or setuptools missing ({err}); not built", file=sys.stderr)
+    lacking = build_prerequisite_missing()
+    if lacking:
+        print(f"native: {lacking}; not built", file=sys.stderr)
         return 1
-    include = sysconfig.get_paths().get("include") or ""
-    if not (Path(include) / "Python.h").is_file():
-        print(f"native: no Python.h in {include!r}; not built", file=sys.stderr)
-        return 1
-    if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
-        print("native: no C compiler (cc); not built", file=sys.stderr)
-        return 1
+    from mypyc.build import mypycify
+    from setuptools import setup
+
     before = source_hashes(MODULES, root)
     paths = [str(module_file(m, root)) for m in MODULES]
     native_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +312,9 @@ def build(root: Path = ROOT, native_dir: Path = NATIVE_DIR) -> int:
             # mypyc builds with -Werror: a warning that a newer compiler adds would leave the
             # agent in pure Python. Warnings are shown, not fatal.
             ext.extra_compile_args = [a for a in ext.extra_compile_args if a != "-Werror"]
+        # Not from the checkout: setup() would read its pyproject.toml, which this
+        # (possibly older) setuptools need not understand; the build needs nothing from it.
+        os.chdir(work)
         setup(
             name="eci-agent-native",
             ext_modules=extensions,
@@ -365,9 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"native: up to date ({found.describe()}); --force rebuilds")
             return 0
         return build()
+    if args == ["can-build"]:
+        missing = build_prerequisite_missing()
+        print(missing or "this machine can build the compiled modules")
+        return 1 if missing else 0
     if args == ["status"]:
         found, _ = check()
         print(found.describe())
         return 0 if found.compiled else 1
-    print("usage: scripts/build-native [--force | --status]", file=sys.stderr)
+    print("usage: scripts/build-native [--force | --status | --can-build]", file=sys.stderr)
     return 2

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 _FOLD_SPECIAL = {"\u212a": "k", "\u017f": "s"}  # Kelvin sign, long s: Go's EqualFold pairs
@@ -75,14 +76,30 @@ class GoObject:
     """A JSON object as ordered (key, value) pairs, duplicates and all."""
 
     pairs: tuple[tuple[str, Any], ...] = ()
+    #: folded key -> the values under it, in order; built on the first `field` call (an
+    #: engine body's HostConfig has ~70 keys and the policy asks for ~60 fields of it).
+    _index: dict[str, list[Any]] | None = dataclass_field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def field(self, name: str, default: Any = MISSING) -> Any:
         """The value Go would decode into struct field `name` (see the module doc)."""
-        wanted = fold(name)
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in self.pairs:
+                folded = fold(key)
+                found = index.get(folded)
+                if found is None:
+                    index[folded] = [value]
+                else:
+                    found.append(value)
+            object.__setattr__(self, "_index", index)
+        values = index.get(fold(name))
+        if values is None:
+            return default
         result: Any = MISSING
-        for key, value in self.pairs:
-            if key != name and fold(key) != wanted:
-                continue
+        for value in values:
             if value is None:
                 if result is MISSING:
                     result = None
@@ -235,12 +252,45 @@ def loads_bytes(data: bytes) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Serialize, keeping a `GoObject`'s pairs (duplicates included) in order."""
-    if isinstance(value, GoObject):
-        return "{" + ",".join(f"{json.dumps(k)}:{dumps(v)}" for k, v in value.pairs) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    return json.dumps(value)
+    """Serialize, keeping a `GoObject`'s pairs (duplicates included) in order; compact, ASCII
+    (as `json.dumps` writes each scalar)."""
+    parts: list[str] = []
+    _dump(value, parts.append)
+    return "".join(parts)
+
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _dump(value: Any, out: Callable[[str], None]) -> None:
+    if isinstance(value, str):
+        out(_encode_str(value))
+    elif isinstance(value, GoObject):
+        sep = "{"
+        for key, item in value.pairs:
+            out(sep)
+            out(_encode_str(key))
+            out(":")
+            _dump(item, out)
+            sep = ","
+        out("}" if sep == "," else "{}")
+    elif isinstance(value, list):
+        sep = "["
+        for item in value:
+            out(sep)
+            _dump(item, out)
+            sep = ","
+        out("]" if sep == "," else "[]")
+    elif value is None:
+        out("null")
+    elif value is True:
+        out("true")
+    elif value is False:
+        out("false")
+    elif type(value) is int:
+        out(int.__repr__(value))
+    else:
+        out(json.dumps(value))
 
 
 def with_field(obj: GoObject, name: str, value: Any) -> GoObject:

@@ -153,6 +153,13 @@ class SensitivePath:
     resolved: str = ""
     inode: tuple[int, int] | None = None
     inside: bool = True
+    #: Derived: each cleaned form (the path, its resolved form) and that form with one "/"
+    #: after it (what a path strictly below it starts with).
+    forms: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cleaned = dict.fromkeys(clean_host_path(p) for p in (self.path, self.resolved) if p)
+        object.__setattr__(self, "forms", tuple((t, t.rstrip("/") + "/") for t in cleaned))
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,10 +535,6 @@ def host_config_violations(hc: GoObject, where: str, facts: IsolationFacts) -> l
 # -- host paths ---------------------------------------------------------------------------------
 
 
-def _under(path: str, folder: str) -> bool:
-    return path != folder and path.startswith(folder.rstrip("/") + "/")
-
-
 def sensitive_hit(
     source: str, resolved: str, inode: tuple[int, int] | None, sensitive: Iterable[SensitivePath]
 ) -> tuple[SensitivePath, str] | None:
@@ -541,16 +544,15 @@ def sensitive_hit(
         written = clean_host_path(source)
         if written in HARMLESS_FILES:
             return None
+    below = [(c, c.rstrip("/") + "/") for c in candidates]  # c, and what is under c starts with
     for sens in sensitive:
-        targets = {clean_host_path(sens.path)}
-        if sens.resolved:
-            targets.add(clean_host_path(sens.resolved))
-        if candidates & targets or (inode is not None and inode == sens.inode):
+        forms = sens.forms
+        if (inode is not None and inode == sens.inode) or any(t in candidates for t, _ in forms):
             return sens, "is"
-        for cand in candidates:
-            if any(_under(t, cand) for t in targets):
+        for cand, cand_below in below:
+            if any(t != cand and t.startswith(cand_below) for t, _ in forms):
                 return sens, "holds"
-            if sens.inside and any(_under(cand, t) for t in targets):
+            if sens.inside and any(cand != t and cand.startswith(t_below) for t, t_below in forms):
                 return sens, "inside"
     return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
 import pytest
@@ -218,3 +220,119 @@ def test_bytes_errors(data: bytes, message: str, line: int, column: int) -> None
 def test_valid_utf8_bytes() -> None:
     value = gojson.loads_bytes('{"name": "Zoë ☃"}'.encode())
     assert value.field("Name") == "Zoë ☃"
+
+
+# -- the fast paths against the plain definitions they replace -----------------------------------
+# `GoObject.field` reads an index of folded keys and `dumps` writes through one join; each is
+# compared here, on random bodies full of repeated and case-folded keys, with the plain
+# linear definition it must equal.
+
+
+def reference_field(o: GoObject, name: str, default: Any = MISSING) -> Any:
+    wanted = gojson.fold(name)
+    result: Any = MISSING
+    for key, value in o.pairs:
+        if key != name and gojson.fold(key) != wanted:
+            continue
+        if value is None:
+            if result is MISSING:
+                result = None
+            continue
+        result = gojson._decode_into(result, value)
+    return default if result is MISSING else result
+
+
+def reference_dumps(value: Any) -> str:
+    if value is MISSING:  # a slot of Go's backing array never written (in `hidden` only)
+        return "MISSING"
+    if isinstance(value, GoObject):
+        return "{" + ",".join(f"{json.dumps(k)}:{reference_dumps(v)}" for k, v in value.pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(reference_dumps(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+KEYS = [
+    "Binds",
+    "binds",
+    "BINDS",
+    "\u212aind",
+    "kind",
+    "Kind",
+    "Privileged",
+    "privileged\u017f",
+    "HostConfig",
+    "hostconfig",
+    "Mounts",
+    "",
+    "é",
+    "\u2028",
+    'q"uote',
+    "back\\slash",
+]
+SCALARS: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**70,
+    1.5,
+    -0.0,
+    1e-7,
+    "",
+    "x",
+    "é\u2028\U0001f600",
+    "/var/run/docker.sock",
+    'a"b\\c\n',
+]
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth < 4 and roll < 0.3:
+        return GoObject(
+            tuple((rng.choice(KEYS), random_value(rng, depth + 1)) for _ in range(rng.randrange(6)))
+        )
+    if depth < 4 and roll < 0.45:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return rng.choice(SCALARS)
+
+
+def test_field_equals_the_linear_definition_on_random_objects() -> None:
+    rng = random.Random(0xF1E1D)
+    for _ in range(3000):
+        o = GoObject(tuple((rng.choice(KEYS), random_value(rng)) for _ in range(rng.randrange(9))))
+        for name in ("Binds", "Kind", "kind", "HostConfig", "Privilegeds", "Mounts", "absent"):
+            for _ in range(2):  # the first call builds the index, the second reads it
+                got = o.field(name, "DEFAULT")
+                want = reference_field(o, name, "DEFAULT")
+                assert reference_dumps(got) == reference_dumps(want), (o, name)
+                assert type(got) is type(want)
+                if isinstance(want, gojson.GoArray):
+                    assert reference_dumps(got.hidden) == reference_dumps(want.hidden)
+
+
+def test_the_index_is_not_part_of_equality_or_hash() -> None:
+    a, b = obj('{"A": 1, "a": 2}'), obj('{"A": 1, "a": 2}')
+    a.field("a")
+    assert a == b and hash(a) == hash(b)
+    assert "_index" not in repr(a)
+
+
+def test_dumps_equals_the_plain_definition_on_random_values() -> None:
+    rng = random.Random(0xD0D0)
+    for _ in range(3000):
+        value = random_value(rng)
+        text = gojson.dumps(value)
+        assert text == reference_dumps(value)
+        assert text.isascii()
+        if not isinstance(value, float):
+            assert reference_dumps(gojson.loads(text)) == text  # reads back as it was written
+
+
+def test_dumps_writes_visible_array_elements_only() -> None:
+    o = obj('{"M": [{"S": "/a"}, {"S": "/b"}], "M": [{"T": "/t"}]}')
+    merged = o.field("M")
+    assert merged.hidden  # Go's backing array still holds the second element
+    assert gojson.dumps(merged) == '[{"S":"/a","T":"/t"}]'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from agent.policy.gojson import GoObject
 from agent.policy.imageref import parse_image_pattern
 from agent.policy.images import ImageVerdict
 from agent.policy.isolation import (
+    HARMLESS_FILES,
     EngineIsolation,
     IsolationFacts,
     NamespaceFact,
@@ -34,7 +36,14 @@ from agent.policy.isolation import (
     service_violations,
     update_violations,
 )
-from agent.policy.mounts import FromContainer, HostPath, NamedVolume, ResolvedPath, create_mounts
+from agent.policy.mounts import (
+    FromContainer,
+    HostPath,
+    NamedVolume,
+    ResolvedPath,
+    clean_host_path,
+    create_mounts,
+)
 from agent.settings.model import AdminSettings, AgentExtensions, IsolationException
 from agent.settings.parse import SettingsInvalid, parse_settings
 
@@ -692,3 +701,74 @@ def test_check_summary_lists_isolation_exceptions() -> None:
     assert settings_summary(s)["eciAgent"]["isolationExceptions"] == [
         {"images": ["docker.io/library/some:1"], "allow": ["--pid=host"]}
     ]
+
+
+# -- sensitive_hit against its plain definition ---------------------------------------------------
+# SensitivePath carries its cleaned forms (computed once, not per bind); the answer must be the
+# one the plain definition gives, for every shape of path.
+
+
+def reference_sensitive_hit(
+    source: str, resolved: str, inode: tuple[int, int] | None, sensitive: list[SensitivePath]
+) -> tuple[SensitivePath, str] | None:
+    def under(path: str, folder: str) -> bool:
+        return path != folder and path.startswith(folder.rstrip("/") + "/")
+
+    candidates = {clean_host_path(source), clean_host_path(resolved)} - {""}
+    if candidates & HARMLESS_FILES and not any(c.startswith("/proc/") for c in candidates):
+        if clean_host_path(source) in HARMLESS_FILES:
+            return None
+    for sens in sensitive:
+        targets = {clean_host_path(sens.path)}
+        if sens.resolved:
+            targets.add(clean_host_path(sens.resolved))
+        if candidates & targets or (inode is not None and inode == sens.inode):
+            return sens, "is"
+        for cand in candidates:
+            if any(under(t, cand) for t in targets):
+                return sens, "holds"
+            if sens.inside and any(under(cand, t) for t in targets):
+                return sens, "inside"
+    return None
+
+
+PATH_PARTS = [
+    "",
+    "/",
+    "//",
+    "/etc",
+    "/etc/",
+    "/etc/localtime",
+    "/var",
+    "/var/lib/docker",
+    "/var/lib/docker/",
+    "/var/lib/dockerx",
+    "/run",
+    "/run/docker.sock",
+    "/proc/1",
+    "/a/../etc",
+    "/./var/lib",
+    "/home/u/src",
+    "/etc/timezone",
+    "/var/lib/docker/../..",
+]
+
+
+def test_sensitive_hit_equals_the_plain_definition() -> None:
+    rng = random.Random(0x5E45)
+    for _ in range(4000):
+        sensitive = [
+            SensitivePath(
+                rng.choice(PATH_PARTS[1:]),
+                "label",
+                rng.choice(PATH_PARTS),
+                rng.choice([None, (1, 2), (1, 3)]),
+                rng.random() < 0.5,
+            )
+            for _ in range(rng.randrange(1, 5))
+        ]
+        source, resolved = rng.choice(PATH_PARTS[1:]), rng.choice(PATH_PARTS)
+        inode = rng.choice([None, (1, 2), (9, 9)])
+        assert sensitive_hit(source, resolved, inode, sensitive) == reference_sensitive_hit(
+            source, resolved, inode, sensitive
+        ), (source, resolved, inode, sensitive)
