@@ -30,8 +30,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-#: The modules compiled: the per-connection state object and the driver (see docs/BENCHMARKS.md).
-MODULES = ("agent.proxy.connection", "agent.proxy.server")
+#: The modules compiled: the per-connection state object and the driver, and the policy code a
+#: create is judged with (see docs/BENCHMARKS.md). `agent.policy.goslice` stays Python (mypyc
+#: cannot subclass `list`); a compiled function refuses a value of another type than annotated
+#: (TypeError), which the gate turns into a refusal: fail closed, like any policy error.
+MODULES = (
+    "agent.proxy.connection",
+    "agent.proxy.server",
+    "agent.policy.gojson",
+    "agent.policy.mounts",
+    "agent.policy.imageref",
+    "agent.policy.images",
+    "agent.policy.decide",
+    "agent.policy.isolation",
+)
 #: Set to 0 (or off, no, false) to run pure Python whatever is built.
 ENV = "ECI_AGENT_NATIVE"
 FORMAT = 1

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from agent.policy.goslice import GoArray
+
 _FOLD_SPECIAL = {"\u212a": "k", "\u017f": "s"}  # Kelvin sign, long s: Go's EqualFold pairs
 
 
@@ -131,15 +133,6 @@ class GoObject:
     def to_plain(self) -> dict[str, Any]:
         """A plain dict (last key wins, nested objects converted) for display only."""
         return {k: to_plain(v) for k, v in self.pairs}
-
-
-class GoArray(list[Any]):
-    """A decoded JSON array as a Go slice: the visible elements, and what its backing array
-    still holds past them (`hidden`, up to the capacity Go's decoder gave it)."""
-
-    def __init__(self, visible: list[Any], hidden: list[Any] | None = None) -> None:
-        super().__init__(visible)
-        self.hidden: list[Any] = hidden if hidden is not None else []
 
 
 def _decode_into(old: Any, new: Any) -> Any:

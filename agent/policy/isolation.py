@@ -449,10 +449,10 @@ def host_config_violations(hc: GoObject, where: str, facts: IsolationFacts) -> l
         ("MaskedPaths", DEFAULT_MASKED_PATHS, "systempaths=unconfined"),
         ("ReadonlyPaths", DEFAULT_READONLY_PATHS, "systempaths=unconfined"),
     ):
-        value = hc.field(name)
-        if value is MISSING or value is None:
+        paths = hc.field(name)
+        if paths is MISSING or paths is None:
             continue
-        listed = set(_strings(value, f"{where}.{name}"))
+        listed = set(_strings(paths, f"{where}.{name}"))
         if not defaults <= listed:
             missing = sorted(defaults - listed)
             found.append(
