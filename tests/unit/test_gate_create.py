@@ -468,3 +468,56 @@ def test_a_name_moved_to_an_image_that_cannot_be_judged_is_removed(tmp_path: Pat
 
     rig = run_rig(tmp_path, [IMAGE_A], script)
     assert list(rig.engine.containers.values()) == [IMAGE_A["Id"]]
+
+
+# -- odd types never open a way through ---------------------------------------------------------
+# Each body asks for something refused (the socket for an image not in the list, or
+# --privileged) next to one field of an odd type: however the policy reads that field (these
+# run compiled and in pure Python), the ask stays refused. And where a compiled function meets
+# a value of another type than its annotation it raises TypeError: that, too, is a refusal.
+
+ODD_FIELDS: list[tuple[str, Any]] = [
+    ("MaskedPaths", 5),
+    ("ReadonlyPaths", {"a": 1}),
+    ("NetworkMode", 1),
+    ("PidMode", ["host"]),
+    ("CapAdd", "SYS_ADMIN"),
+    ("SecurityOpt", [1]),
+    ("Devices", "x"),
+    ("Sysctls", ["a"]),
+    ("VolumesFrom", 3),
+    ("Mounts", [{"Type": "bind", "Source": 5, "Target": "/x"}]),
+    ("Tmpfs", 7),
+    ("Runtime", 9),
+]
+
+
+@pytest.mark.parametrize("ask", ["socket", "privileged"])
+@pytest.mark.parametrize(("name", "value"), ODD_FIELDS, ids=[n for n, _ in ODD_FIELDS])
+def test_an_odd_type_next_to_a_refused_ask_is_refused(
+    tmp_path: Path, ask: str, name: str, value: Any
+) -> None:
+    only_a = settings(images=(DIGEST_A,))
+
+    def body(sock: str) -> dict[str, Any]:
+        hc: dict[str, Any] = {name: value}
+        if ask == "socket":
+            hc["Binds"] = [f"{sock}:/var/run/docker.sock"]
+        else:
+            hc["Privileged"] = True
+        return {"Image": "example.com/app:1", "HostConfig": hc}
+
+    decision, _, _, _ = judge(tmp_path, [IMAGE_B], body, only_a)
+    assert not decision.allowed, (name, value, decision)
+
+
+def test_a_type_error_in_the_policy_is_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def compiled_type_check(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("str object expected; got int")
+
+    monkeypatch.setattr(gate_module, "decide_isolation", compiled_type_check)
+    decision, _, _, _ = judge(tmp_path, [IMAGE_A], socket_create)
+    assert not decision.allowed and decision.status == 503 and decision.rule == "fail-closed"
+    assert "cannot evaluate the policy" in decision.message
