@@ -84,6 +84,7 @@ from agent.policy.isolation import (
 from agent.policy.mounts import (
     FromContainer,
     HostPath,
+    MountEntry,
     MountIntent,
     NamedVolume,
     ProtectedSocket,
@@ -108,7 +109,7 @@ from agent.policy.routes import (
 )
 from agent.proxy.connection import Request, RequestHead, StreamRefused, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
-from agent.proxy.host_paths import MountTable, ProtectedPaths, resolve, resolve_all
+from agent.proxy.host_paths import MountTable, protected_sockets, resolve, resolve_all
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
 from agent.proxy.server import _start as start_now
@@ -265,12 +266,10 @@ class Gate:
             config.container_socket,
         )
         self._mounts = MountTable()
-        self._protected_paths = ProtectedPaths(
-            (
-                *((p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, config.engine_socket)),
-                *((p, "eci-agent socket") for p in config.listen_sockets),
-                (config.container_socket, "eci-agent container socket"),
-            )
+        self._protected_paths = (
+            *((p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, config.engine_socket)),
+            *((p, "eci-agent socket") for p in config.listen_sockets),
+            (config.container_socket, "eci-agent container socket"),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         #: A create's `Image` text -> (when, the image the engine said it was): see RESOLVED_TTL.
@@ -1303,12 +1302,15 @@ class Gate:
 
     # -- facts -----------------------------------------------------------------------------------
 
-    def _protected(self) -> tuple[tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
-        """The sockets no container may reach, and each configured path's resolution (a mount
-        naming the same path is judged on that very answer), with the mount table read now."""
-        table = self._mounts.current()
-        sockets, resolved = self._protected_paths.current(table, self._mounts.generation)
-        return sockets, resolved
+    def _protected(
+        self, table: tuple[MountEntry, ...] | None = None
+    ) -> tuple[tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
+        """The sockets no container may reach, resolved now (with `table`, or the mount table
+        read now), and each configured path's resolution (a mount naming the same path is
+        judged on that very answer)."""
+        if table is None:
+            table = self._mounts.current()
+        return protected_sockets(self._protected_paths, table)
 
     async def _host_facts(self, intents: tuple[MountIntent, ...]) -> HostFacts:
         volumes: dict[str, VolumeFact] = {}
@@ -1330,8 +1332,8 @@ class Gate:
         # client names could (a hung network or FUSE mount), so any path other than those is
         # resolved in a worker thread, after them. The usual socket mount names one of the
         # protected paths itself and is judged on that same resolution, with no thread trip.
-        protected, paths = self._protected()
         table = self._mounts.current()
+        protected, paths = self._protected(table)
         other = needed.difference(paths)
         if other:
             paths.update(await asyncio.to_thread(resolve_all, other))
