@@ -109,7 +109,13 @@ from agent.policy.routes import (
 )
 from agent.proxy.connection import Request, RequestHead, StreamRefused, Verify
 from agent.proxy.engine_client import EngineClient, EngineError, NotFound
-from agent.proxy.host_paths import MountTable, protected_sockets, resolve, resolve_all
+from agent.proxy.host_paths import (
+    MountTable,
+    only_root_can_change,
+    protected_sockets,
+    resolve,
+    resolve_all,
+)
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
 from agent.proxy.server import _start as start_now
@@ -266,6 +272,8 @@ class Gate:
             config.container_socket,
         )
         self._mounts = MountTable()
+        #: Whether the protected sockets may be resolved on the loop (None: not asked yet).
+        self._protected_on_loop: bool | None = None
         self._protected_paths = (
             *((p, "engine socket") for p in (*WELL_KNOWN_SOCKETS, config.engine_socket)),
             *((p, "eci-agent socket") for p in config.listen_sockets),
@@ -995,11 +1003,8 @@ class Gate:
         if mount is None:
             return ALLOW
         device = mount.source
-        protected, known = self._protected()
-        resolved = known.get(device)
-        if resolved is None:
-            resolved = await asyncio.to_thread(resolve, device)
-        hit = exposed_socket(resolved, protected)
+        facts = await self._host_paths({device})
+        hit = exposed_socket(facts.paths[device], facts.protected)
         if hit is None:
             return ALLOW
         return deny(
@@ -1302,6 +1307,25 @@ class Gate:
 
     # -- facts -----------------------------------------------------------------------------------
 
+    def _protected_root_held(self) -> bool:
+        held = all(only_root_can_change(p) for p, _ in self._protected_paths)
+        if not held:
+            log.warning(
+                "a protected socket's path can be changed by a user other than root; its "
+                "folders are resolved off the event loop (a little slower per create): %s",
+                ", ".join(p for p, _ in self._protected_paths),
+            )
+        return held
+
+    def _all_host_paths(
+        self, needed: set[str]
+    ) -> tuple[tuple[MountEntry, ...], tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
+        """In a worker thread: the table, the protected sockets and every path named."""
+        table = MountTable().current()
+        protected, paths = protected_sockets(self._protected_paths, table)
+        paths.update(resolve_all(needed.difference(paths)))
+        return table, protected, paths
+
     def _protected(
         self, table: tuple[MountEntry, ...] | None = None
     ) -> tuple[tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
@@ -1327,22 +1351,30 @@ class Gate:
         partial = HostFacts((), {}, volumes, containers)
         needed = host_paths_needed(intents, partial)
 
-        # The mount table (procfs) and the protected sockets (paths the admin and the agent
-        # chose, in root-owned folders) are read here, on the loop: they cannot block. A path a
-        # client names could (a hung network or FUSE mount), so any path other than those is
-        # resolved in a worker thread, after them. The usual socket mount names one of the
-        # protected paths itself and is judged on that same resolution, with no thread trip.
-        table = self._mounts.current()
-        protected, paths = self._protected(table)
-        other = needed.difference(paths)
-        if other:
-            paths.update(await asyncio.to_thread(resolve_all, other))
+        found = await self._host_paths(needed)
+        return HostFacts(found.protected, found.paths, volumes, containers, found.procfs)
+
+    async def _host_paths(self, needed: set[str]) -> HostFacts:
+        """The protected sockets, the host procfs mounts and the paths `needed`, resolved now.
+
+        The mount table (procfs) and the protected sockets are read on the loop when only
+        root can change where those paths lead (`only_root_can_change`, asked once): then
+        nothing can make them block. A path a client names could (a hung network or FUSE
+        mount), so any other path is resolved in a worker thread, after them. The usual
+        socket mount names one of the protected paths itself and is judged on that same
+        resolution, with no thread trip."""
+        if self._protected_on_loop is None:
+            self._protected_on_loop = await asyncio.to_thread(self._protected_root_held)
+        if self._protected_on_loop:
+            table = self._mounts.current()
+            protected, paths = self._protected(table)
+            other = needed.difference(paths)
+            if other:
+                paths.update(await asyncio.to_thread(resolve_all, other))
+        else:
+            table, protected, paths = await asyncio.to_thread(self._all_host_paths, needed)
         return HostFacts(
-            protected,
-            {p: paths[p] for p in needed},
-            volumes,
-            containers,
-            procfs_mount_points(table),
+            protected, {p: paths[p] for p in needed}, procfs=procfs_mount_points(table)
         )
 
     async def _volume(self, name: str) -> VolumeFact:

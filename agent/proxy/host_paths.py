@@ -86,6 +86,38 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def only_root_can_change(path: str) -> bool:
+    """Whether no one but root can change where `path` leads, so that resolving it cannot be
+    made to block (a FUSE or network mount slipped in) by anyone else: every folder and link
+    on the way, as written and as resolved, is owned by root, and no folder is writable by
+    others unless it is sticky (others then cannot move or replace root's entries in it).
+    The file itself, or the folders from some point on, may be missing. Blocks like any path
+    walk: ask it off the loop."""
+    return all(_root_held(chain) for chain in (path, os.path.realpath(path)))
+
+
+def _root_held(path: str) -> bool:
+    parts = [p for p in os.path.normpath(path).split("/") if p][:-1]  # the folders on the way
+    current = "/"
+    for part in ["", *parts]:
+        current = os.path.join(current, part) if part else current
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return True  # made later, if at all, in a folder only root can write to
+        except OSError:
+            return False
+        if st.st_uid != 0:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            continue  # the resolved chain checks where it leads
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return False
+    return True
+
+
 #: (path, label): a protected socket as configured.
 Protected = tuple[tuple[str, str], ...]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -521,3 +522,23 @@ def test_a_type_error_in_the_policy_is_a_refusal(
     decision, _, _, _ = judge(tmp_path, [IMAGE_A], socket_create)
     assert not decision.allowed and decision.status == 503 and decision.rule == "fail-closed"
     assert "cannot evaluate the policy" in decision.message
+
+
+def test_protected_paths_others_could_change_are_resolved_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine socket's folder is writable by others: someone could slip a FUSE mount into
+    # its path, so it is never resolved on the event loop; the judgement is the same.
+    os.chmod(tmp_path, 0o777)
+    off_loop: list[set[str]] = []
+    real = Gate._all_host_paths
+
+    def recording(self: Gate, needed: set[str]) -> Any:
+        off_loop.append(set(needed))
+        return real(self, needed)
+
+    monkeypatch.setattr(Gate, "_all_host_paths", recording)
+    decision, rewritten, _, _ = judge(tmp_path, [IMAGE_A], socket_create)
+    assert decision.allowed and decision.expect_image_id == IMAGE_A["Id"], decision.message
+    assert rewritten is not None  # still found to be the engine socket, and rewritten
+    assert off_loop == [{str(tmp_path / "engine.sock")}]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.mounts import ProtectedSocket
-from agent.proxy.host_paths import MountTable, protected_sockets
+from agent.proxy.host_paths import MountTable, only_root_can_change, protected_sockets
 
 LINE = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
 
@@ -168,3 +168,41 @@ def test_a_folder_renamed_on_the_way_and_a_socket_that_appears_are_seen(host: Ho
     found = host.sockets()
     assert found[str(host.link)].resolved == str(host.tmp / "moved" / "engine.sock")
     assert found[str(host.missing)].inode == host.inode(host.missing)
+
+
+# -- only_root_can_change: may the protected sockets be resolved on the event loop? -------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners are changed)")
+class TestOnlyRootCanChange:
+    def test_root_owned_folders_and_a_sticky_one_on_the_way(self, tmp_path: Path) -> None:
+        sticky = tmp_path / "sticky"
+        sticky.mkdir()
+        os.chmod(sticky, 0o1777)
+        (sticky / "run").mkdir(mode=0o755)
+        assert only_root_can_change(str(sticky / "run" / "docker.sock"))
+        assert only_root_can_change(str(tmp_path / "not" / "made" / "yet.sock"))
+
+    def test_a_folder_others_may_write_to(self, tmp_path: Path) -> None:
+        (tmp_path / "open").mkdir()
+        os.chmod(tmp_path / "open", 0o777)
+        assert not only_root_can_change(str(tmp_path / "open" / "docker.sock"))
+        os.chmod(tmp_path / "open", 0o775)  # the group too
+        assert not only_root_can_change(str(tmp_path / "open" / "docker.sock"))
+
+    def test_a_folder_or_a_link_another_user_owns(self, tmp_path: Path) -> None:
+        (tmp_path / "user").mkdir()
+        os.chown(tmp_path / "user", 1000, 1000)
+        assert not only_root_can_change(str(tmp_path / "user" / "docker.sock"))
+        (tmp_path / "root").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "root")
+        assert only_root_can_change(str(tmp_path / "link" / "docker.sock"))
+        os.lchown(tmp_path / "link", 1000, 1000)
+        assert not only_root_can_change(str(tmp_path / "link" / "docker.sock"))
+
+    def test_where_a_root_link_leads_counts_too(self, tmp_path: Path) -> None:
+        (tmp_path / "user").mkdir()
+        os.chown(tmp_path / "user", 1000, 1000)
+        (tmp_path / "user" / "run").mkdir()
+        (tmp_path / "innocent").symlink_to(tmp_path / "user" / "run")
+        assert not only_root_can_change(str(tmp_path / "innocent" / "docker.sock"))
