@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.policy.routes import ROUTE_TEMPLATES, BadTarget, canonical_target, match_route
+from tests.unit.engine_routes import route_list
 
-#: Every engine route as method and path, kept in the tree so every checkout (CI's too) checks
-#: them all; made from the team's engine-api notes, which `test_the_route_list_says_what_the_
-#: engine_api_notes_say` compares it with wherever they are at hand.
-ROUTE_LIST = Path(__file__).parent / "data" / "engine_routes.tsv"
 ENGINE_API = Path(__file__).parents[3] / "shared" / "engine-api"
 TSV_FILES = ("endpoints.tsv", "endpoints-v1.41.tsv", "daemon-routes-not-in-swagger.tsv")
 
@@ -216,16 +213,9 @@ def _sample(method: str, template: str) -> tuple[str, dict[str, str]]:
     return re.sub(r"\{(\w+)\}", fill, template), params
 
 
-def _route_list() -> list[tuple[str, str, str]]:
-    """(list, method, path) rows of `ROUTE_LIST`."""
-    with ROUTE_LIST.open(newline="") as f:
-        lines = [line for line in f if not line.startswith("#")]
-    return [(r["list"], r["method"], r["path"]) for r in csv.DictReader(lines, delimiter="\t")]
-
-
 @pytest.mark.parametrize(
     ("source", "method", "path"),
-    [pytest.param(*r, id=f"{r[0]}:{r[1]} {r[2]}") for r in _route_list()],
+    [pytest.param(*r, id=f"{r[0]}:{r[1]} {r[2]}") for r in route_list()],
 )
 def test_every_engine_route_matches_its_template(source: str, method: str, path: str) -> None:
     template = _template(path)
@@ -239,7 +229,7 @@ def test_every_engine_route_matches_its_template(source: str, method: str, path:
 
 
 def test_the_route_list_is_whole() -> None:
-    rows = _route_list()
+    rows = route_list()
     assert len(rows) == len(set(rows)) > 200  # 108 + 106 + 14 rows at the time of writing
     assert {r[0] for r in rows} == {n.removesuffix(".tsv") for n in TSV_FILES}
 
@@ -252,7 +242,7 @@ def test_the_route_list_says_what_the_engine_api_notes_say() -> None:
         with (ENGINE_API / name).open(newline="") as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 noted.append((name.removesuffix(".tsv"), row["method"], row["path"]))
-    assert _route_list() == noted
+    assert route_list() == noted
 
 
 def test_every_route_template_is_unique() -> None:
