@@ -1326,16 +1326,6 @@ class Gate:
         paths.update(resolve_all(needed.difference(paths)))
         return table, protected, paths
 
-    def _protected(
-        self, table: tuple[MountEntry, ...] | None = None
-    ) -> tuple[tuple[ProtectedSocket, ...], dict[str, ResolvedPath]]:
-        """The sockets no container may reach, resolved now (with `table`, or the mount table
-        read now), and each configured path's resolution (a mount naming the same path is
-        judged on that very answer)."""
-        if table is None:
-            table = self._mounts.current()
-        return protected_sockets(self._protected_paths, table)
-
     async def _host_facts(self, intents: tuple[MountIntent, ...]) -> HostFacts:
         volumes: dict[str, VolumeFact] = {}
         containers: dict[str, ContainerFact] = {}
@@ -1367,7 +1357,7 @@ class Gate:
             self._protected_on_loop = await asyncio.to_thread(self._protected_root_held)
         if self._protected_on_loop:
             table = self._mounts.current()
-            protected, paths = self._protected(table)
+            protected, paths = protected_sockets(self._protected_paths, table)
             other = needed.difference(paths)
             if other:
                 paths.update(await asyncio.to_thread(resolve_all, other))

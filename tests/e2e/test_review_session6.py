@@ -148,6 +148,14 @@ def _assert_refused(r: Any, evidence: str, direct: Any, name: str) -> None:
         direct("rm", "-f", name)
 
 
+def _assert_each_refused(cli: Any, direct: Any, stack: Any, *mounts: str) -> None:
+    """A refused image asks for each `-v` spec in turn: each is refused, none on the engine."""
+    for spec in mounts:
+        name = _new_name()
+        r, evidence = _attack(cli, direct, stack, name, "-v", spec)
+        _assert_refused(r, evidence, direct, name)
+
+
 def _inode(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
@@ -164,10 +172,7 @@ def test_new_hard_link_after_warm_cache(own, own_cli, direct, stack, scratch):
     _warm(own_cli, direct, stack, own)
     os.link(engine, hard)
     try:
-        for args in (["-v", f"{folder}:/x"], ["-v", f"{hard}:/s"]):
-            name = _new_name()
-            r, evidence = _attack(own_cli, direct, stack, name, *args)
-            _assert_refused(r, evidence, direct, name)
+        _assert_each_refused(own_cli, direct, stack, f"{folder}:/x", f"{hard}:/s")
     finally:
         hard.unlink()
     # Legitimate: with the link gone, an unrelated folder of that file system is fine again.
@@ -212,10 +217,7 @@ def test_engine_folder_renamed_and_symlinked_back(own, own_cli, direct, stack):
     os.rename(engine_dir, moved)
     os.symlink(moved, engine_dir)
     try:
-        for args in (["-v", f"{moved}:/x"], ["-v", f"{moved}/docker.sock:/s"]):
-            name = _new_name()
-            r, evidence = _attack(own_cli, direct, stack, name, *args)
-            _assert_refused(r, evidence, direct, name)
+        _assert_each_refused(own_cli, direct, stack, f"{moved}:/x", f"{moved}/docker.sock:/s")
     finally:
         os.unlink(engine_dir)
         os.rename(moved, engine_dir)
@@ -226,14 +228,14 @@ def test_bind_mount_of_engine_folder_after_warm_cache(own, own_cli, direct, stac
     target.mkdir(parents=True)
     _warm(own_cli, direct, stack, own)
     with _bind_mount(str(stack.engine_dir), str(target)):
-        for args in (
-            ["-v", f"{target}:/x"],
-            ["-v", f"{target}/docker.sock:/s"],
-            ["-v", f"{scratch / 'outer'}:/x"],
-        ):
-            name = _new_name()
-            r, evidence = _attack(own_cli, direct, stack, name, *args)
-            _assert_refused(r, evidence, direct, name)
+        _assert_each_refused(
+            own_cli,
+            direct,
+            stack,
+            f"{target}:/x",
+            f"{target}/docker.sock:/s",
+            f"{scratch / 'outer'}:/x",
+        )
 
 
 @pytest.mark.parametrize("wait", [0.0, 11.0], ids=["at-once", "after-ttl"])
@@ -315,10 +317,7 @@ def test_tmpfs_over_a_folder_with_a_symlink_to_the_socket(own, own_cli, direct, 
     try:
         (folder / "docker.sock").symlink_to(stack.engine_socket)
         (folder / "dir").symlink_to(stack.engine_dir)
-        for args in (["-v", f"{folder}/docker.sock:/s"], ["-v", f"{folder}/dir:/x"]):
-            name = _new_name()
-            r, evidence = _attack(own_cli, direct, stack, name, *args)
-            _assert_refused(r, evidence, direct, name)
+        _assert_each_refused(own_cli, direct, stack, f"{folder}/docker.sock:/s", f"{folder}/dir:/x")
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
