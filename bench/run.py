@@ -102,17 +102,19 @@ class RssSampler(threading.Thread):
 
 
 def _order(i: int) -> tuple[str, ...]:
-    turns = ("direct", "proxy", "floor")
+    turns = ("direct", "proxy", "floor", "kernel")
     return turns if i % 2 == 0 else turns[::-1]
 
 
 class Floor:
-    """The reference floor (`bench/floor.py`) as a subprocess: a hop that parses nothing."""
+    """A reference hop as a subprocess: `bench/floor.py` (parses nothing) by default, or
+    `bench/kfloor.py` (one request per connection, its bytes moved by the kernel)."""
 
-    def __init__(self, listen: str, engine: str) -> None:
+    def __init__(self, listen: str, engine: str, module: str = "bench.floor") -> None:
         self.listen = listen
+        self.module = module
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", listen, engine],
+            [sys.executable, "-m", module, listen, engine],
             cwd=str(ROOT),
             stdin=subprocess.DEVNULL,
         )
@@ -120,7 +122,7 @@ class Floor:
         while not m.socket_ok(listen):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("bench.floor did not start")
+                raise RuntimeError(f"{module} did not start")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -207,6 +209,7 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
         worker = ""
         sampler: RssSampler | None = None
         ref: Floor | None = None
+        kref: Floor | None = None
         try:
             agent.start(settings_with([dockercli]))
             assert agent.proc is not None
@@ -232,6 +235,11 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
             if floor:
                 ref = Floor(str(workdir / "floor.sock"), engine)
                 measured["floor"] = ref.listen
+            # The streams also go through the kernel floor (one request per connection).
+            streamed = dict(measured)
+            if floor:
+                kref = Floor(str(workdir / "kfloor.sock"), engine, "bench.kfloor")
+                streamed["kernel"] = kref.listen
             foreign = m.ForeignLoad([str(stack.tmpdir), str(workdir)], stack.cgroup_parent)
 
             def checkpoint(label: str) -> None:
@@ -290,7 +298,7 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
             _log(f"streams: {plan.cp_mib} MiB archive each way, {plan.exec_mib} MiB exec")
             with cpu.measure("streams"):
                 report.streams = m.streams(
-                    measured, _order, worker, plan.stream_rounds, plan.cp_mib, plan.exec_mib
+                    streamed, _order, worker, plan.stream_rounds, plan.cp_mib, plan.exec_mib
                 )
             env = stack.docker_env()
             for name, sock in targets.items():
@@ -345,9 +353,10 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
             if sampler is not None:
                 with contextlib.suppress(Exception):
                     sampler.stop()
-            if ref is not None:
-                with contextlib.suppress(Exception):
-                    ref.stop()
+            for hop in (ref, kref):
+                if hop is not None:
+                    with contextlib.suppress(Exception):
+                        hop.stop()
             if worker:
                 m.remove_container(engine, worker)
             try:
