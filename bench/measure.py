@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.client import (
     Conn,
@@ -373,6 +374,60 @@ def streams(
         for t in _turns(order, i, targets):
             dt, _ = exec_stream(targets[t], container, exec_mib)
             out["exec"].mib_per_s[t].append(exec_mib / dt)
+    return out
+
+
+def cli_cp(docker_cli: str, env: Mapping[str, str], sock: str, src: str, dst: str) -> float:
+    """One real `docker cp src dst` through `sock`; returns seconds."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [docker_cli, "-H", "unix://" + sock, "cp", src, dst],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise HTTPError(f"docker cp {src} {dst} -> exit {proc.returncode}: {proc.stderr[:300]}")
+    return took
+
+
+def cli_cp_streams(
+    docker_cli: str,
+    env: Mapping[str, str],
+    targets: Targets,
+    order: Order,
+    container: str,
+    rounds: int,
+    mib: int,
+    workdir: Path,
+) -> dict[str, StreamResult]:
+    """The real docker CLI copying a `mib` MiB file (random bytes) each way: what a user
+    sees, the CLI's own tar work included (so the hop weighs less than in `streams`)."""
+    src = workdir / "eci-bench-cli-blob"
+    with open(src, "wb") as f:
+        for _ in range(mib):
+            f.write(PAYLOAD)
+    inside = f"{container}:/tmp/eci-bench-cli-blob"
+    out = {key: StreamResult({t: [] for t in targets}) for key in ("cli_in", "cli_out")}
+    try:
+        for sock in targets.values():  # warm-up: the page cache and both code paths
+            cli_cp(docker_cli, env, sock, str(src), inside)
+        for i in range(rounds):
+            for t in _turns(order, i, targets):
+                took = cli_cp(docker_cli, env, targets[t], str(src), inside)
+                out["cli_in"].mib_per_s[t].append(mib / took)
+            for t in _turns(order, i + 1, targets):
+                dst = workdir / f"eci-bench-cli-out-{t}"
+                took = cli_cp(docker_cli, env, targets[t], inside, str(dst))
+                out["cli_out"].mib_per_s[t].append(mib / took)
+                if dst.stat().st_size != mib * MiB:
+                    raise HTTPError(f"docker cp out wrote {dst.stat().st_size} bytes")
+                dst.unlink()
+    finally:
+        src.unlink(missing_ok=True)
     return out
 
 

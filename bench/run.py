@@ -301,6 +301,20 @@ def run(plan: Plan, quick: bool, floor: bool = True) -> Report:
                     streamed, _order, worker, plan.stream_rounds, plan.cp_mib, plan.exec_mib
                 )
             env = stack.docker_env()
+            _log(f"streams: the docker CLI copying a {plan.cp_mib} MiB file each way")
+            with cpu.measure("streams"):
+                report.streams.update(
+                    m.cli_cp_streams(
+                        stack.docker_cli or "docker",
+                        env,
+                        streamed,
+                        _order,
+                        worker,
+                        plan.stream_rounds,
+                        plan.cp_mib,
+                        workdir,
+                    )
+                )
             for name, sock in targets.items():
                 report.interactive[name] = m.interactive_exec(
                     stack.docker_cli or "docker", sock, env, worker
