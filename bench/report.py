@@ -516,8 +516,8 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "",
         "## Method",
         "",
-        f"- Targets take turns: round *i* runs direct, proxy, floor, round *i+1* floor, proxy, "
-        "direct "
+        "- Targets take turns: round *i* runs direct, proxy, floor (and on the streams the "
+        "kernel floor), round *i+1* the other way round "
         f"({p['rounds']} rounds for the small requests, {p['stream_rounds']} for "
         f"streams, {p['load_rounds']} for the load test), so drift falls on both alike; the "
         "samples of all rounds are pooled and the table shows medians (p50) and p99.",
@@ -542,7 +542,9 @@ def render_markdown(r: Report, previous: str | None = None) -> str:
         "of unknown length; once more with a Content-Length for comparison), `GET` of it "
         "back, and `dd if=/dev/zero bs=1M "
         f"count={p['exec_mib']}` through `POST /exec/{{id}}/start` with `Upgrade: tcp`, stdout "
-        "attached; MiB/s from the request to the end of the response. Interactive exec: "
+        "attached; MiB/s from the request to the end of the response. The real CLI: "
+        f"`docker cp` of a {p['cp_mib']} MiB file of the same bytes into the container and "
+        "back out to a file, MiB/s of the whole command (ungraded). Interactive exec: "
         "`docker exec -i worker cat` through each socket echoes 50 lines.",
         f"- Load: {p['clients']} kept-alive connections (asyncio + uvloop protocols in one "
         f"process), each sending the next request as soon as a response is complete, "
