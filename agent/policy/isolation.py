@@ -741,9 +741,7 @@ def service_violations(body: GoObject, facts: IsolationFacts) -> list[Violation]
     """Swarm `POST /services/create` and `/services/{id}/update` bodies."""
     found: list[Violation] = []
     task = body.field("TaskTemplate")
-    if not isinstance(task, GoObject):
-        return found
-    spec = task.field("ContainerSpec")
+    spec = task.field("ContainerSpec") if isinstance(task, GoObject) else None
     where = "TaskTemplate.ContainerSpec"
     if isinstance(spec, GoObject):
         for name in ("CapabilityAdd",):
@@ -773,19 +771,23 @@ def service_violations(body: GoObject, facts: IsolationFacts) -> list[Violation]
                             "it is a kernel setting of the whole host",
                         )
                     )
-    networks = task.field("Networks")
-    if isinstance(networks, list):
-        for i, net in enumerate(networks):
-            target = net.field("Target", "") if isinstance(net, GoObject) else ""
-            if isinstance(target, str) and (_is_host_mode(target) or _host_network(target, facts)):
+    # The top-level `Networks` is deprecated, but the engine still takes it when
+    # `TaskTemplate.Networks` is empty.
+    task_networks = task.field("Networks") if isinstance(task, GoObject) else None
+    for where, networks in (("TaskTemplate.Networks", task_networks),
+                            ("Networks", body.field("Networks"))):  # fmt: skip
+        for i, target in enumerate(_network_targets(networks)):
+            if _is_host_mode(target) or _host_network(target, facts):
                 found.append(
                     Violation(
                         "--network=host",
                         "--network=host",
-                        f"TaskTemplate.Networks[{i}].Target",
+                        f"{where}[{i}].Target",
                         "its tasks would share the host's network stack",
                     )
                 )
+    if not isinstance(task, GoObject):
+        return _unique(found)
     runtime = task.field("Runtime", "")
     if isinstance(runtime, str) and runtime.lower() == "plugin":
         plugin = task.field("PluginSpec")
@@ -793,6 +795,27 @@ def service_violations(body: GoObject, facts: IsolationFacts) -> list[Violation]
         if isinstance(privs, list):
             found += plugin_privilege_violations(privs, "TaskTemplate.PluginSpec.PluginPrivilege")
     return _unique(found)
+
+
+def _network_targets(networks: Any) -> list[str]:
+    """The `Target` of each entry of a service's `Networks` list ("" where there is none)."""
+    if not isinstance(networks, list):
+        return []
+    out: list[str] = []
+    for net in networks:
+        target = net.field("Target", "") if isinstance(net, GoObject) else ""
+        out.append(target if isinstance(target, str) else "")
+    return out
+
+
+def service_network_targets(body: GoObject) -> set[str]:
+    """Every network a service spec names (the shell asks the engine what each one is)."""
+    task = body.field("TaskTemplate")
+    found = set(_network_targets(body.field("Networks")))
+    if isinstance(task, GoObject):
+        found.update(_network_targets(task.field("Networks")))
+    found.discard("")
+    return found
 
 
 def _service_privileges(privileges: GoObject, where: str) -> list[Violation]:

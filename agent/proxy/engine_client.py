@@ -238,6 +238,13 @@ class EngineClient:
     async def inspect_plugin(self, name: str) -> dict[str, Any]:
         return dict(await self.get_json(f"/plugins/{_quote(name)}/json"))
 
+    async def inspect_service(self, name: str) -> dict[str, Any]:
+        return dict(await self.get_json(f"/services/{_quote(name)}"))
+
+    async def inspect_network(self, name: str, scope: str = "") -> dict[str, Any]:
+        query = {"scope": scope} if scope else {}
+        return dict(await self.get_json(f"/networks/{_quote(name)}", **query))
+
     async def images(self) -> list[dict[str, Any]]:
         return list(await self.get_json("/images/json"))
 

@@ -78,6 +78,7 @@ from agent.policy.isolation import (
     plugin_config_violations,
     plugin_privilege_violations,
     runtime_rewrite,
+    service_network_targets,
     service_violations,
     update_violations,
 )
@@ -151,6 +152,8 @@ WELL_KNOWN_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 REGISTRY_TTL = 60.0
 #: How long what `GET /info` and the host networks say is reused.
 ENGINE_INFO_TTL = 10.0
+#: A service naming more networks than this is refused rather than looked up one by one.
+MAX_SERVICE_NETWORKS = 64
 #: Host folders no container may bind (with the engine's data root and the socket folders);
 #: True: paths below it are refused too.
 SENSITIVE_FOLDERS = (
@@ -587,7 +590,12 @@ class Gate:
         if key in ("POST /services/create", "POST /services/{id}/update"):
             if not isinstance(doc, GoObject):
                 return bad_request("service body must be a JSON object"), None
-            return await self._judge_service(doc), None
+            decision = await self._judge_service(doc)
+            if decision.allowed and key == "POST /services/{id}/update":
+                rollback = next((v for n, v in target.query if n == "rollback"), "")
+                if rollback == "previous":
+                    decision = await self._judge_service_rollback(match.params["id"])
+            return decision, None
         if key == "POST /containers/{id}/exec":
             if not isinstance(doc, GoObject):
                 return bad_request("exec create body must be a JSON object"), None
@@ -1026,6 +1034,9 @@ class Gate:
             intents = create_mounts(GoObject((("HostConfig", wrapper),)))
         host = await self._host_facts(intents) if intents else None
         facts = await self._isolation_facts(intents, host, set())
+        named = await self._service_host_networks(service_network_targets(body))
+        if named:
+            facts = dataclasses.replace(facts, host_networks=facts.host_networks + named)
         try:
             violations = service_violations(body, facts)
         except ValueError as err:
@@ -1039,6 +1050,44 @@ class Gate:
             settings_where=self.config.settings_where(),
             subject="swarm service",
             rule="isolation-service",
+        )
+
+    async def _service_host_networks(self, targets: set[str]) -> tuple[tuple[str, str], ...]:
+        """Which of the networks a service names the engine holds to be host networks, each
+        looked up now as swarm resolves it (name, ID or ID prefix; swarm scope, then any):
+        swarm's own `host` network has an ID that `GET /networks` does not list."""
+        if len(targets) > MAX_SERVICE_NETWORKS:
+            raise MissingFact(f"a service naming {len(targets)} networks is more than eci-agent "
+                              f"looks up ({MAX_SERVICE_NETWORKS})")  # fmt: skip
+        found: list[tuple[str, str]] = []
+        for target in sorted(targets):
+            for scope in ("swarm", ""):
+                try:
+                    net = await self.engine.inspect_network(target, scope)
+                except NotFound:
+                    continue
+                if net.get("Driver") == "host" or net.get("Name") == "host":
+                    found.append((target, str(net.get("Id") or "")))
+        return tuple(found)
+
+    async def _judge_service_rollback(self, service: str) -> Decision:
+        """`POST /services/{id}/update?rollback=previous`: the engine puts back the spec it
+        kept from before the last update and ignores the body, so that spec is judged."""
+        try:
+            info = await self.engine.inspect_service(service)
+        except NotFound:
+            return ALLOW  # the engine answers "no such service" itself
+        previous = info.get("PreviousSpec")
+        if not isinstance(previous, dict):
+            return ALLOW  # nothing to roll back to: the engine refuses the update itself
+        doc = gojson.loads(json.dumps(previous))
+        if not isinstance(doc, GoObject):  # pragma: no cover - a dict dumps to an object
+            return ALLOW
+        decision = await self._judge_service(doc)
+        if decision.allowed:
+            return decision
+        return dataclasses.replace(
+            decision, message=decision.message + " (the spec this rollback would put back)"
         )
 
     async def _judge_service_socket(self, body: GoObject) -> Decision:

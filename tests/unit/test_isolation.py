@@ -33,6 +33,7 @@ from agent.policy.isolation import (
     plugin_privilege_violations,
     runtime_rewrite,
     sensitive_hit,
+    service_network_targets,
     service_violations,
     update_violations,
 )
@@ -406,6 +407,45 @@ def test_service_violations() -> None:
         service_violations(body('{"TaskTemplate": {"ContainerSpec": {"Image": "x"}}}'), facts())
         == []
     )
+
+
+SWARM_HOST = (("host", "abcdef0123456789"), ("9f8e", "9f8e7d6c5b4a"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        # the deprecated top-level Networks: the engine takes it when the task names none
+        ({"Networks": [{"Target": "host"}]}, ["Networks[0].Target"]),
+        ({"networks": [{"target": "HOST"}]}, ["Networks[0].Target"]),  # any case, to be safe
+        ({"networks": [{"target": "host"}]}, ["Networks[0].Target"]),
+        ({"Networks": [{"Target": "bridge"}, {"Target": "9f8e7d"}]}, ["Networks[1].Target"]),
+        ({"TaskTemplate": {"Networks": [{"Target": "9f8e"}]}}, ["TaskTemplate.Networks[0].Target"]),
+        ({"TaskTemplate": {"Networks": [{"Target": "9f8e7d6c5b4a"}]}},
+         ["TaskTemplate.Networks[0].Target"]),
+        ({"TaskTemplate": {"Networks": [{"Target": "9f8f"}]}}, []),
+        ({"TaskTemplate": {"Networks": [{"Target": "mynet"}]}, "Networks": [{"Target": "host"}]},
+         ["Networks[0].Target"]),
+        ({"TaskTemplate": "x", "Networks": [{"Target": "host"}]}, ["Networks[0].Target"]),
+        ({"Networks": "host"}, []),  # not a list: the engine refuses the body
+    ],
+)  # fmt: skip
+def test_service_networks_top_level_and_by_id(spec: dict[str, Any], expected: list[str]) -> None:
+    found = service_violations(body(json.dumps(spec)), facts(host_networks=SWARM_HOST))
+    assert [v.via for v in found] == expected
+
+
+def test_service_network_targets() -> None:
+    doc = body(
+        json.dumps(
+            {
+                "Networks": [{"Target": "a"}, {"Target": ""}, {"Aliases": ["x"]}],
+                "TaskTemplate": {"Networks": [{"Target": "b"}, {"Target": 3}]},
+            }
+        )
+    )
+    assert service_network_targets(doc) == {"a", "b"}
+    assert service_network_targets(body('{"TaskTemplate": []}')) == set()
 
 
 def test_plugin_privileges_and_config() -> None:
