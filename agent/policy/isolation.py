@@ -737,6 +737,17 @@ def update_violations(body: GoObject) -> list[Violation]:
     return found
 
 
+def sets_restart_policy(body: GoObject) -> bool:
+    """Whether a `POST /containers/{id}/update` body gives the container a restart policy
+    under which the engine starts it by itself ("always", "unless-stopped", "on-failure";
+    any name but "" and "no", to be safe)."""
+    policy = body.field("RestartPolicy")
+    if not isinstance(policy, GoObject):
+        return False
+    name = policy.field("Name", "")
+    return not isinstance(name, str) or name.strip() not in ("", "no")
+
+
 def service_violations(body: GoObject, facts: IsolationFacts) -> list[Violation]:
     """Swarm `POST /services/create` and `/services/{id}/update` bodies."""
     found: list[Violation] = []

@@ -80,6 +80,7 @@ from agent.policy.isolation import (
     runtime_rewrite,
     service_network_targets,
     service_violations,
+    sets_restart_policy,
     update_violations,
 )
 from agent.policy.mounts import (
@@ -603,7 +604,23 @@ class Gate:
         if key == "POST /containers/{id}/update":
             if not isinstance(doc, GoObject):
                 return bad_request("container update body must be a JSON object"), None
-            return await self._judge_container_change(match.params["id"], update_violations(doc))
+            decision, out = await self._judge_container_change(
+                match.params["id"], update_violations(doc)
+            )
+            if not decision.allowed or not sets_restart_policy(doc):
+                return decision, out
+            # With a restart policy the engine starts the container by itself (when it exits,
+            # when the engine starts): judge it as a start now, and update what was judged.
+            try:
+                started, pinned = await self._judge_start(match.params["id"], removing=False)
+            except UnreadableMount as err:
+                return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
+            if not started.allowed:
+                message = started.message + (
+                    " (refused for a restart policy: the engine would start it by itself)"
+                )
+                return dataclasses.replace(started, message=message), None
+            return _pin(decision, target, head.target, f"/containers/{pinned}/update"), out
         if key in ("POST /plugins/pull", "POST /plugins/{name}/upgrade"):
             return self._judge_plugin_privileges(doc, target), None
         return ALLOW, None  # pragma: no cover - every BODY_ROUTES key is handled above
@@ -920,10 +937,11 @@ class Gate:
         answers = await self._registry_answers(registry_queries(image_list, (image, *bases)))
         return judge_image(image_list, image, answers, bases)
 
-    async def _judge_start(self, name: str) -> tuple[Decision, str]:
+    async def _judge_start(self, name: str, removing: bool = True) -> tuple[Decision, str]:
         """A (re)start: the engine resolves every bind source again, so judge them again.
 
-        Also returns the container's ID, which the start is forwarded with.
+        Also returns the container's ID, which the start is forwarded with. `removing`: a
+        refused auto-remove container is removed, as the engine does when its start fails.
         """
         try:
             info = await self.engine.inspect_container(name)
@@ -953,7 +971,8 @@ class Gate:
             elif isolation.rule != ALLOW.rule and not exposures:
                 decision = isolation
         if (
-            not decision.allowed
+            removing
+            and not decision.allowed
             and not self._auditing()
             and (info.get("HostConfig") or {}).get("AutoRemove")
         ):

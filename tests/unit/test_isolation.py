@@ -35,6 +35,7 @@ from agent.policy.isolation import (
     sensitive_hit,
     service_network_targets,
     service_violations,
+    sets_restart_policy,
     update_violations,
 )
 from agent.policy.mounts import (
@@ -373,6 +374,25 @@ def test_update_devices() -> None:
         v.token for v in update_violations(body('{"Devices": [{"PathOnHost": "/dev/sda"}]}'))
     ] == ["--device"]
     assert update_violations(body('{"Memory": 1000000, "RestartPolicy": {"Name": "always"}}')) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"RestartPolicy": {"Name": "always"}}', True),
+        ('{"restartpolicy": {"name": "on-failure", "MaximumRetryCount": 3}}', True),
+        ('{"RestartPolicy": {"Name": "unless-stopped"}}', True),
+        ('{"RestartPolicy": {"Name": "sometimes"}}', True),  # unknown: judged, to be safe
+        ('{"RestartPolicy": {"Name": 1}}', True),
+        ('{"RestartPolicy": {"Name": "no"}}', False),
+        ('{"RestartPolicy": {"Name": ""}}', False),
+        ('{"RestartPolicy": {}}', False),
+        ('{"RestartPolicy": null}', False),
+        ('{"Memory": 1000000}', False),
+    ],
+)
+def test_sets_restart_policy(text: str, expected: bool) -> None:
+    assert sets_restart_policy(body(text)) is expected
 
 
 def test_service_violations() -> None:
