@@ -36,6 +36,7 @@ from agent.policy.decide import (
     PREFIX,
     ContainerFact,
     Decision,
+    Exposure,
     HostFacts,
     MissingFact,
     VolumeFact,
@@ -74,6 +75,7 @@ from agent.policy.isolation import (
     exec_violations,
     inspect_violations,
     matching_exceptions,
+    mount_violations,
     namespace_targets,
     plugin_config_violations,
     plugin_privilege_violations,
@@ -146,6 +148,14 @@ BODY_ROUTES = frozenset(
 
 #: Routes that (re)start a container: its bind sources are resolved again by the engine then.
 START_ROUTES = frozenset({"POST /containers/{id}/start", "POST /containers/{id}/restart"})
+#: `docker cp`: the engine mounts the container's binds on the host for each copy.
+ARCHIVE_ROUTES = frozenset(
+    {
+        "PUT /containers/{id}/archive",
+        "GET /containers/{id}/archive",
+        "HEAD /containers/{id}/archive",
+    }
+)
 PLUGIN_ENABLE = "POST /plugins/{name}/enable"
 GRPC_ROUTE = "POST /grpc"
 
@@ -544,6 +554,10 @@ class Gate:
             if key == PLUGIN_ENABLE:
                 decision, pinned = await self._judge_plugin_enable(match.params["name"])
                 return _pin(decision, target, head.target, f"/plugins/{pinned}/enable"), None
+            if key in ARCHIVE_ROUTES:
+                # Not forwarded by ID, unlike a start: the engine's answers name the container
+                # as the client did ("Could not find the file ... in container NAME").
+                return await self._judge_archive(match.params["id"]), None
         except UnreadableMount as err:
             return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
         if key == "POST /build":
@@ -951,19 +965,7 @@ class Gate:
         intents = _container_fact(name, info).mounts
         facts = await self._host_facts(intents) if intents else None
         exposures = find_exposures(intents, facts) if facts is not None else ()
-        image_id = info.get("Image")
-        image_text = (info.get("Config") or {}).get("Image") or image_id or ""
-        decision = ALLOW
-        if exposures:
-            image = await self._local_image(image_id) if image_id else None
-            verdict = await self._image_verdict(image) if image is not None else None
-            decision = decide_start(
-                exposures,
-                _display_name(image_text),
-                verdict,
-                container_socket=self.config.container_socket,
-                settings_where=self.config.settings_where(),
-            )
+        decision = await self._judge_exposures(info, exposures)
         if decision.allowed:
             isolation = await self._judge_start_isolation(name, info, intents, facts)
             if not isolation.allowed:
@@ -983,6 +985,50 @@ class Gate:
             except EngineError as err:
                 log.warning("cannot remove refused auto-remove container %s: %s", name, err)
         return decision, container_id
+
+    async def _judge_exposures(
+        self, info: dict[str, Any], exposures: tuple[Exposure, ...]
+    ) -> Decision:
+        """The sockets a stored container's binds reach now, against its image."""
+        if not exposures:
+            return ALLOW
+        image_id = info.get("Image")
+        image_text = (info.get("Config") or {}).get("Image") or image_id or ""
+        image = await self._local_image(image_id) if image_id else None
+        verdict = await self._image_verdict(image) if image is not None else None
+        return decide_start(
+            exposures,
+            _display_name(image_text),
+            verdict,
+            container_socket=self.config.container_socket,
+            settings_where=self.config.settings_where(),
+        )
+
+    async def _judge_archive(self, name: str) -> Decision:
+        """`docker cp` (PUT, GET and HEAD `.../archive`): for the copy the engine mounts the
+        container's binds on the host, running or not, resolving each source again. So they
+        are judged now as a start's are: the sockets they reach, and sensitive host paths (the
+        rest of a start's checks is about running the container, which a copy does not)."""
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return ALLOW  # no such container: the engine says so in its own words
+        intents = _container_fact(name, info).mounts
+        if not intents:
+            return ALLOW
+        host = await self._host_facts(intents)
+        decision = await self._judge_exposures(info, find_exposures(intents, host))
+        if not decision.allowed:
+            return decision
+        facts = await self._isolation_facts(intents, host, set())
+        return decide_violations(
+            self.config.current().settings,
+            mount_violations(intents, facts),
+            image_text=(info.get("Config") or {}).get("Image") or "",
+            settings_where=self.config.settings_where(),
+            subject="copy to or from container",
+            rule="isolation-archive",
+        )
 
     async def _judge_plugin_enable(self, name: str) -> tuple[Decision, str]:
         """A plugin runs as a container with the mounts its config asks for (and its ID)."""

@@ -6,9 +6,9 @@ attack below first gets a head remembered, then tries to make the remembered pat
 than that one head (or serve a client that must be judged), and then asks the ENGINE directly
 (containers by name, their mounts) what got through; the agent's log is never the evidence.
 
-1. Transparency: remembered `HEAD /_ping`, `GET /_ping`, `HEAD .../archive`, a container's
-   JSON, an engine 404 and a log stream answer byte for byte as the engine does (Date aside),
-   framed alike; pipelined remembered requests are answered in order; a half-close after them.
+1. Transparency: remembered `HEAD /_ping`, `GET /_ping`, a container's JSON, an engine 404
+   and a log stream answer byte for byte as the engine does (Date aside), framed alike, next
+   to `HEAD .../archive`, which is judged every time and never remembered; pipelined remembered requests are answered in order; a half-close after them.
    A head the engine itself upgrades (websocket attach with `Connection: keep-alive-upgrade`,
    no upgrade to llhttp) is never remembered, and its stream's bytes never become requests.
 2. Smuggling: a socket-mounting create pipelined behind remembered heads, after CRLFs, behind a
@@ -435,6 +435,10 @@ def test_remembered_heads_answer_byte_for_byte_as_the_engine_does(kagent, probe,
         assert ab == db
     assert [_status(h) for h, _ in through[:6]] == [200, 200, 200, 200, 404, 200]
     for _, head in heads:  # remembered at the first (or before), then answered from the table
+        if b"/archive?" in head:
+            # `docker cp` mounts the container's binds again: judged every time, never remembered
+            assert probe.kept(mark, head) + probe.hits(mark, head) == 0, head
+            continue
         assert probe.kept(mark, head) + probe.hits(mark, head) == 3, head
         assert probe.hits(mark, head) >= 2, head
     # The engine's response heads too (Date moves on once a second: some may be read again).
@@ -444,12 +448,13 @@ def test_remembered_heads_answer_byte_for_byte_as_the_engine_does(kagent, probe,
 def test_remembered_answers_keep_responses_in_step(kagent, probe, direct, stack, sleeper):
     """Response heads taken from the table (`answers_*`) frame each response as the engine did.
     The engine answers GET and HEAD of a missing path in a container's archive with the SAME
-    head (`Content-Length: 67`), a body only after the GET: on one kept-alive connection and
-    pipelined, every response comes in order, and a refused create behind them is still read
-    as a request and refused (checked on the ENGINE)."""
+    head (`Content-Length: 67`), a body only after the GET; those are judged every time (a
+    copy mounts the container's binds again) and interleaved with remembered ones: on one
+    kept-alive connection and pipelined, every response comes in order, and a refused create
+    behind them is still read as a request and refused (checked on the ENGINE)."""
     missing = f"/v1.41/containers/{sleeper}/archive?path=/eci-no-such-file"
     get_missing, head_missing = _req("GET", missing), _req("HEAD", missing)
-    _prime(kagent.listen, probe, PING, HEAD_PING, LIST, get_missing, head_missing)
+    _prime(kagent.listen, probe, PING, HEAD_PING, LIST)
     mix = [("GET", get_missing), ("HEAD", head_missing), ("HEAD", HEAD_PING), ("GET", PING),
            ("HEAD", head_missing), ("GET", LIST), ("GET", get_missing)]  # fmt: skip
     smuggled = sleeper + "-smuggled"
@@ -484,8 +489,11 @@ def test_remembered_answers_keep_responses_in_step(kagent, probe, direct, stack,
     assert _status(through[-1][0]) == 403 and _status(engine[-1][0]) == 201
     heads = {_without_date(h) for h, _ in through if _status(h) == 404}
     assert len(heads) == 1, "GET and HEAD were not answered with the same head"
-    # Most heads came from the table: 238 responses, a new Date at most once a second.
-    assert len(probe.answers(mark)) >= 150, len(probe.answers(mark))
+    # The remembered routes' heads came from the table: 102 of the 238 responses, a new Date
+    # at most once a second; the archive's never did.
+    assert len(probe.answers(mark)) >= 60, len(probe.answers(mark))
+    for head in (get_missing, head_missing):
+        assert probe.kept(mark, head) + probe.hits(mark, head) == 0, head
 
 
 def test_pipelined_remembered_requests_are_answered_in_order(kagent, probe, direct, stack, name):

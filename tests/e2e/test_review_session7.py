@@ -386,7 +386,6 @@ def test_a_swarm_task_replaced_by_the_orchestrator_does_not_remount_a_swapped_sy
 # -- 2b. docker cp: the engine mounts a stopped container's binds itself --------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=OPEN_TOCTOU)
 @pytest.mark.parametrize("direction", ["into", "out-of", "into-running"])
 def test_cp_does_not_follow_a_swapped_bind_symlink_into_etc(
     direction, via_agent, direct, stack, name, tmp_path
