@@ -206,3 +206,64 @@ class TestOnlyRootCanChange:
         (tmp_path / "user" / "run").mkdir()
         (tmp_path / "innocent").symlink_to(tmp_path / "user" / "run")
         assert not only_root_can_change(str(tmp_path / "innocent" / "docker.sock"))
+
+
+# -- socket_guard: the kernel keeps a socket out of bind mounts ------------------------------------
+
+GUARD_SCRIPT = textwrap.dedent(
+    """
+    import os, socket, subprocess, tempfile
+    from agent.proxy.host_paths import MountTable, socket_guard
+
+    def run(*argv):
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def guarded(path):
+        return socket_guard(path, MountTable().current())[0]
+
+    top = tempfile.mkdtemp()
+    plain, own, copied = (os.path.join(top, n) for n in ("plain", "own", "copied"))
+    for d in (plain, own, copied, os.path.join(top, "copy")):
+        os.makedirs(d)
+    for d in (own, copied):
+        run("mount", "-t", "tmpfs", "-o", "size=1m", "eci-test", d)
+    # a bind copy of `copied` made before it turned unbindable keeps it reachable
+    run("mount", "--bind", copied, os.path.join(top, "copy"))
+    for d in (own, copied):
+        run("mount", "--make-unbindable", d)
+    socks = []
+    for d in (plain, own, copied):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(os.path.join(d, "docker.sock"))
+        socks.append(s)
+    link = os.path.join(top, "link.sock")
+    os.symlink(os.path.join(own, "docker.sock"), link)
+    results = [guarded(os.path.join(d, "docker.sock")) for d in (plain, own, copied)]
+    results += [guarded(link), guarded(os.path.join(top, "missing.sock"))]
+    # what the kernel says: binding the guarded socket fails, the plain one works
+    target = os.path.join(top, "target")
+    open(target, "w").close()
+    tried = subprocess.run(["mount", "--bind", link, target], capture_output=True)
+    results.append(tried.returncode == 0)
+    print(results)
+    """
+)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1)"
+)
+def test_the_socket_guard_is_an_unbindable_mount_of_its_own() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", GUARD_SCRIPT],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    # plain folder, own unbindable tmpfs, unbindable but copied before, via a symlink,
+    # missing; and the kernel refusing to bind the guarded one
+    assert done.stdout.strip() == "[False, True, False, True, False, False]"

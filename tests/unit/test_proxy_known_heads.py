@@ -347,7 +347,10 @@ def _gate_verdict(method: str, target: str, eci: bool) -> Decision:
         ("GET", "/v1.41/_ping", True, True),
         ("HEAD", "/_ping", True, True),
         ("GET", "/containers/json?all=1", True, True),
-        ("GET", "/containers/abc/archive?path=/x", True, True),
+        ("GET", "/containers/json?all=1&size=1", True, True),
+        # docker cp: judged on the container's binds every time (no engine here: refused)
+        ("GET", "/containers/abc/archive?path=/x", True, False),
+        ("HEAD", "/containers/abc/archive?path=/x", True, False),
         ("GET", "/no/such/route", True, False),  # refused (404)
         ("GET", "/_ping", False, False),  # ECI off: allowed, but not by route
         ("POST", "/containers/create", True, False),  # a body route
