@@ -329,11 +329,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not os.path.exists(args.engine):
         log.warning("engine socket %s does not exist (yet); requests will fail", args.engine)
-    else:
-        from agent.proxy.host_paths import MountTable, socket_guard
-
-        guarded, why = socket_guard(args.engine, MountTable().current())
-        log.log(logging.INFO if guarded else logging.WARNING, "engine socket: %s", why)
     code = native.status()
     log.log(logging.WARNING if code.stale else logging.INFO, "proxy code: %s", code.describe())
     before, after = raise_open_files_limit()

@@ -225,12 +225,9 @@ class AgentServices:
             ]
             self._preexisting = (now, listed)
         text = isolation_status(engine)
-        guarded, why = await self.gate.socket_guard()
         return {
             "level": text.split("\n", 1)[0].removeprefix("isolation: ").split(" - ", 1)[0],
-            "text": text
-            + f"\nengine socket {'kernel-guarded' if guarded else 'NOT kernel-guarded'}: {why}",
-            "socketGuard": {"guarded": guarded, "text": why},
+            "text": text,
             "sysbox": engine.has_sysbox,
             "usernsRemap": engine.userns_remap,
             "rootless": engine.rootless,

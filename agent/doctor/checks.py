@@ -133,8 +133,6 @@ class DoctorFacts:
     settings: SettingsFacts | None = None
     daemons: tuple[DaemonFacts, ...] | None = None  # None: /proc could not be read
     other_sockets: tuple[OtherSocket, ...] = ()
-    #: Whether the kernel keeps the engine socket out of bind mounts, and why (None: unknown).
-    socket_guard: tuple[bool, str] | None = None
 
 
 # -- small pure helpers the gatherer uses too --------------------------------------------------
@@ -616,25 +614,6 @@ def check_isolation(facts: DoctorFacts) -> list[Finding]:
     return out
 
 
-def check_socket_guard(facts: DoctorFacts) -> list[Finding]:
-    """The engine socket in an unbindable mount of its own: then no bind source swapped after
-    eci-agent judged it can lead a container to the raw socket (docs/ISOLATION.md)."""
-    if facts.socket_guard is None or facts.engine_socket is None or not facts.engine_socket.exists:
-        return []
-    guarded, why = facts.socket_guard
-    if guarded:
-        return [Finding("socket-guard", OK, why)]
-    return [
-        Finding(
-            "socket-guard",
-            WARN,
-            why,
-            "let dockerd listen in a tmpfs of its own mounted unbindable (the units in "
-            "installers/linux/systemd do), and point eci-agent --engine at it",
-        )
-    ]
-
-
 def check_settings(facts: DoctorFacts) -> list[Finding]:
     s = facts.settings
     if s is None:
@@ -832,7 +811,6 @@ CHECKS = (
     check_tcp,
     check_other_engines,
     check_isolation,
-    check_socket_guard,
     check_settings,
     check_agent,
     check_agent_sockets,

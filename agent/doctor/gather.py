@@ -30,7 +30,6 @@ from agent.doctor.checks import (
     parse_proc_net_tcp,
 )
 from agent.proxy.engine_client import EngineClient, EngineError
-from agent.proxy.host_paths import MountTable, socket_guard
 
 ENGINE_TIMEOUT = 5.0
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
@@ -281,5 +280,4 @@ def gather(
         settings=settings_facts(Path(settings_path)),
         daemons=daemons,
         other_sockets=others,
-        socket_guard=socket_guard(engine_path, MountTable().current()),
     )

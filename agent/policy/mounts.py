@@ -320,7 +320,6 @@ class MountEntry:
     root: str
     dev: tuple[int, int]  # (major, minor)
     fstype: str
-    unbindable: bool = False  # the kernel refuses to bind-mount anything from it
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -355,18 +354,9 @@ def parse_mountinfo(text: str) -> tuple[MountEntry, ...]:
                 _unescape_mountinfo(fields[3]),
                 (int(major), int(minor)),
                 tail[0],
-                "unbindable" in fields[6:],  # the optional fields: propagation
             )
         )
     return tuple(entries)
-
-
-def kernel_guarded(dev: tuple[int, int], table: Iterable[MountEntry]) -> bool:
-    """Whether no bind mount can reach a file on device `dev`: it is mounted, and every mount
-    of it is unbindable (mount(2) then refuses to bind anything from it, whatever path names
-    it, and a recursive bind of a folder above leaves it out)."""
-    mounts = [m for m in table if m.dev == dev]
-    return bool(mounts) and all(m.unbindable for m in mounts)
 
 
 def _under(path: str, folder: str) -> str | None:

@@ -119,7 +119,6 @@ from agent.proxy.host_paths import (
     protected_sockets,
     resolve,
     resolve_all,
-    socket_guard,
 )
 from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
@@ -1313,12 +1312,6 @@ class Gate:
             answers = await self._registry_answers(registry_queries(image_list, (image,)))
             verdicts[index] = judge_image(image_list, image, answers)
         return verdicts, image.id
-
-    async def socket_guard(self) -> tuple[bool, str]:
-        """Whether the kernel keeps the engine socket out of every bind mount, and why
-        (`host_paths.socket_guard`; read afresh, off the loop)."""
-        path = self.config.engine_socket
-        return await asyncio.to_thread(lambda: socket_guard(path, MountTable().current()))
 
     async def engine_isolation(self) -> EngineIsolation:
         """What isolation the engine itself gives (`GET /info`, cached briefly); for the

@@ -19,7 +19,6 @@ from agent.policy.mounts import (
     MountEntry,
     ProtectedSocket,
     ResolvedPath,
-    kernel_guarded,
     parse_mountinfo,
     socket_aliases,
 )
@@ -145,24 +144,3 @@ def protected_sockets(
             )
         )
     return tuple(sockets), resolved_paths
-
-
-def socket_guard(path: str, table: tuple[MountEntry, ...]) -> tuple[bool, str]:
-    """Whether the kernel keeps the socket at `path` out of every bind mount (it lives in a
-    file system of its own whose every mount is unbindable), and a sentence saying so. Then
-    no container gets it, whatever a bind source leads to when the engine mounts it."""
-    found = resolve(path)
-    if found.inode is None:
-        return False, f"{path}: not found"
-    dev = found.inode[0]
-    if kernel_guarded((os.major(dev), os.minor(dev)), table):
-        return True, (
-            f"{found.resolved} is in an unbindable mount of its own: the kernel refuses to "
-            "bind-mount it into a container, whatever path leads to it"
-        )
-    return False, (
-        f"{found.resolved} can be bind-mounted: a container whose bind source is swapped to "
-        "lead to it after eci-agent judged it (a race at start, or before a restart the "
-        "engine makes by itself) gets the raw engine socket; put the engine socket in an "
-        "unbindable tmpfs of its own (installers/linux/systemd) to close this"
-    )

@@ -17,7 +17,6 @@ from agent.policy.mounts import (
     clean_host_path,
     create_mounts,
     exposed_socket,
-    kernel_guarded,
     local_volume_mount,
     may_name_socket,
     parse_bind_spec,
@@ -625,20 +624,3 @@ def test_socket_aliases() -> None:
 )
 def test_reaches_procfs(path: ResolvedPath, hit: str | None) -> None:
     assert reaches_procfs(path, ("/proc", "/var/lib/chroot/proc")) == hit
-
-
-def test_unbindable_mounts_and_the_kernel_guard() -> None:
-    text = (
-        "30 1 0:40 / /run/eci-engine rw,nosuid - tmpfs tmpfs rw\n"
-        "31 1 0:41 / /run/guarded rw shared:7 unbindable - tmpfs tmpfs rw\n"
-        "32 1 0:42 / /run/a rw unbindable - tmpfs tmpfs rw\n"
-        "33 1 0:42 / /mnt/copy-of-a rw master:3 - tmpfs tmpfs rw\n"
-        "34 1 0:43 / /mnt/unbindable-name rw - tmpfs unbindable rw\n"
-    )
-    table = parse_mountinfo(text)
-    assert [m.unbindable for m in table] == [False, True, True, False, False]
-    assert not kernel_guarded((0, 40), table)  # bindable
-    assert kernel_guarded((0, 41), table)
-    assert not kernel_guarded((0, 42), table)  # one of its mounts can be bound
-    assert not kernel_guarded((0, 43), table)  # the word after " - " is no propagation flag
-    assert not kernel_guarded((0, 99), table)  # not mounted at all: nothing says so
