@@ -165,6 +165,8 @@ class Target:
 
 
 _CONTROL_OR_SPACE = re.compile("[\x00-\x20\x7f]")
+#: A '%' not followed by two hex digits.
+_BAD_ESCAPE = re.compile("%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 #: Targets up to this long are remembered (a client asks for the same few again and again).
 _CACHED_TARGET_LEN = 256
@@ -228,4 +230,8 @@ def _canonical_target(raw: str) -> Target:
         raise BadTarget(f"unreadable query string: {err}") from None
     if raw_query and ";" in raw_query:
         raise BadTarget("';' in a query string is read differently by Go and Python")
+    if raw_query and _BAD_ESCAPE.search(raw_query):
+        # Go's url.ParseQuery drops a pair with a bad escape (`rollback=%zz&rollback=x` is
+        # `x` to the engine); parse_qsl keeps it: the two would read different values.
+        raise BadTarget("a malformed %-escape in the query string")
     return Target(raw, path, version, query)

@@ -112,6 +112,12 @@ BAD_TARGETS: list[tuple[str, str]] = [
     # `;` in the query: Go and Python split it differently
     ("/containers/json?all=1;size=1", "';'"),
     ("/containers/create?name=a;b", "';'"),
+    # a bad %-escape in the query: Go drops the pair, parse_qsl keeps it (session 7b review)
+    ("/services/x/update?rollback=%zz&rollback=previous", "malformed %-escape"),
+    ("/build?networkmode=%G0&networkmode=host", "malformed %-escape"),
+    ("/build?networkmode=host%&networkmode=x", "malformed %-escape"),
+    ("/containers/json?%zz=1", "malformed %-escape"),
+    ("/containers/json?all=%2", "malformed %-escape"),
     # other target forms
     ("*", "unsupported"),
     ("", "unsupported"),
