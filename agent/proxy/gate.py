@@ -555,9 +555,10 @@ class Gate:
                 decision, pinned = await self._judge_plugin_enable(match.params["name"])
                 return _pin(decision, target, head.target, f"/plugins/{pinned}/enable"), None
             if key in ARCHIVE_ROUTES:
-                # Not forwarded by ID, unlike a start: the engine's answers name the container
-                # as the client did ("Could not find the file ... in container NAME").
-                return await self._judge_archive(match.params["id"]), None
+                # Forwarded by ID, as a start: a rename in between changes nothing (the
+                # engine's error for a missing path then names the ID; the CLI words its own).
+                decision, pinned = await self._judge_archive(match.params["id"])
+                return _pin(decision, target, head.target, f"/containers/{pinned}/archive"), None
         except UnreadableMount as err:
             return deny(403, f"cannot judge the mounts: {err}", "unjudgeable-mount"), None
         if key == "POST /build":
@@ -605,12 +606,15 @@ class Gate:
         if key in ("POST /services/create", "POST /services/{id}/update"):
             if not isinstance(doc, GoObject):
                 return bad_request("service body must be a JSON object"), None
-            decision = await self._judge_service(doc)
+            decision, rewritten = await self._judge_service(doc)
             if decision.allowed and key == "POST /services/{id}/update":
-                rollback = next((v for n, v in target.query if n == "rollback"), "")
-                if rollback == "previous":
-                    decision = await self._judge_service_rollback(match.params["id"])
-            return decision, None
+                if target.query_value("rollback") == "previous":
+                    decision, pinned = await self._judge_service_rollback(match.params["id"])
+                    pinned_decision = _pin(
+                        decision, target, head.target, f"/services/{pinned}/update"
+                    )
+                    return pinned_decision, rewritten
+            return decision, rewritten
         if key == "POST /containers/{id}/exec":
             if not isinstance(doc, GoObject):
                 return bad_request("exec create body must be a JSON object"), None
@@ -1004,7 +1008,7 @@ class Gate:
             settings_where=self.config.settings_where(),
         )
 
-    async def _judge_archive(self, name: str) -> Decision:
+    async def _judge_archive(self, name: str) -> tuple[Decision, str]:
         """`docker cp` (PUT, GET and HEAD `.../archive`): for the copy the engine mounts the
         container's binds on the host, running or not, resolving each source again. So they
         are judged now as a start's are: the sockets they reach, and sensitive host paths (the
@@ -1012,16 +1016,17 @@ class Gate:
         try:
             info = await self.engine.inspect_container(name)
         except NotFound:
-            return ALLOW  # no such container: the engine says so in its own words
+            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+        container_id = info["Id"]
         intents = _container_fact(name, info).mounts
         if not intents:
-            return ALLOW
+            return ALLOW, container_id
         host = await self._host_facts(intents)
         decision = await self._judge_exposures(info, find_exposures(intents, host))
         if not decision.allowed:
-            return decision
+            return decision, container_id
         facts = await self._isolation_facts(intents, host, set())
-        return decide_violations(
+        decision = decide_violations(
             self.config.current().settings,
             mount_violations(intents, facts),
             image_text=(info.get("Config") or {}).get("Image") or "",
@@ -1029,6 +1034,7 @@ class Gate:
             subject="copy to or from container",
             rule="isolation-archive",
         )
+        return decision, container_id
 
     async def _judge_plugin_enable(self, name: str) -> tuple[Decision, str]:
         """A plugin runs as a container with the mounts its config asks for (and its ID)."""
@@ -1087,10 +1093,14 @@ class Gate:
             "volume-socket",
         )
 
-    async def _judge_service(self, body: GoObject) -> Decision:
+    async def _judge_service(self, body: GoObject) -> tuple[Decision, bytes | None]:
+        """A service spec (create, update): its socket mounts, then its host powers. An
+        allowed spec is forwarded with each network it names pinned to the ID it was judged
+        as (the engine stores IDs there anyway), so a network named like a prefix of another's
+        ID cannot change meaning between the look-up and the engine's own."""
         decision = await self._judge_service_socket(body)
         if not decision.allowed:
-            return decision
+            return decision, None
         spec = body.field("TaskTemplate")
         container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
         intents: tuple[MountIntent, ...] = ()
@@ -1099,16 +1109,20 @@ class Gate:
             intents = create_mounts(GoObject((("HostConfig", wrapper),)))
         host = await self._host_facts(intents) if intents else None
         facts = await self._isolation_facts(intents, host, set())
-        named = await self._service_host_networks(service_network_targets(body))
+        networks = await self._service_networks(service_network_targets(body))
+        missing = sorted(t for t, net in networks.items() if net is None)
+        if missing:
+            return Decision(False, 404, f"network {missing[0]} not found", "no-such-network"), None
+        named = tuple((t, net[0]) for t, net in networks.items() if net is not None and net[1])
         if named:
             facts = dataclasses.replace(facts, host_networks=facts.host_networks + named)
         try:
             violations = service_violations(body, facts)
         except ValueError as err:
-            return bad_request(f"cannot read the service's isolation settings: {err}")
+            return bad_request(f"cannot read the service's isolation settings: {err}"), None
         violations += inspect_violations(GoObject(), intents, facts)
         image = container_spec.field("Image", "") if isinstance(container_spec, GoObject) else ""
-        return decide_violations(
+        decision = decide_violations(
             self.config.current().settings,
             violations,
             image_text=image if isinstance(image, str) else "",
@@ -1116,44 +1130,51 @@ class Gate:
             subject="swarm service",
             rule="isolation-service",
         )
+        if not decision.allowed:
+            return decision, None
+        ids = {t: net[0] for t, net in networks.items() if net is not None and net[0] != t}
+        return decision, (_pin_service_networks(body, ids).encode() if ids else None)
 
-    async def _service_host_networks(self, targets: set[str]) -> tuple[tuple[str, str], ...]:
-        """Which of the networks a service names the engine holds to be host networks, each
-        looked up now as swarm resolves it (name, ID or ID prefix; swarm scope, then any):
-        swarm's own `host` network has an ID that `GET /networks` does not list."""
+    async def _service_networks(self, targets: set[str]) -> dict[str, tuple[str, bool] | None]:
+        """Each network a service names, looked up now as swarm resolves it (name, ID or ID
+        prefix; swarm scope, then any): its ID and whether it is a host network (swarm's own
+        `host` network has an ID that `GET /networks` does not list); None: not found."""
         if len(targets) > MAX_SERVICE_NETWORKS:
             raise MissingFact(f"a service naming {len(targets)} networks is more than eci-agent "
                               f"looks up ({MAX_SERVICE_NETWORKS})")  # fmt: skip
-        found: list[tuple[str, str]] = []
+        found: dict[str, tuple[str, bool] | None] = {}
         for target in sorted(targets):
+            found[target] = None
             for scope in ("swarm", ""):
                 try:
                     net = await self.engine.inspect_network(target, scope)
                 except NotFound:
                     continue
-                if net.get("Driver") == "host" or net.get("Name") == "host":
-                    found.append((target, str(net.get("Id") or "")))
-        return tuple(found)
+                host = net.get("Driver") == "host" or net.get("Name") == "host"
+                found[target] = (str(net.get("Id") or target), host)
+                break
+        return found
 
-    async def _judge_service_rollback(self, service: str) -> Decision:
+    async def _judge_service_rollback(self, service: str) -> tuple[Decision, str]:
         """`POST /services/{id}/update?rollback=previous`: the engine puts back the spec it
-        kept from before the last update and ignores the body, so that spec is judged."""
+        kept from before the last update and ignores the body, so that spec is judged (and
+        the update goes to the service judged, by ID)."""
         try:
             info = await self.engine.inspect_service(service)
         except NotFound:
-            return ALLOW  # the engine answers "no such service" itself
+            return Decision(False, 404, f"service {service} not found", "no-such-service"), service
+        service_id = str(info.get("ID") or service)
         previous = info.get("PreviousSpec")
         if not isinstance(previous, dict):
-            return ALLOW  # nothing to roll back to: the engine refuses the update itself
+            return ALLOW, service_id  # nothing to roll back to: the engine refuses it itself
         doc = gojson.loads(json.dumps(previous))
         if not isinstance(doc, GoObject):  # pragma: no cover - a dict dumps to an object
-            return ALLOW
-        decision = await self._judge_service(doc)
+            return ALLOW, service_id
+        decision, _ = await self._judge_service(doc)
         if decision.allowed:
-            return decision
-        return dataclasses.replace(
-            decision, message=decision.message + " (the spec this rollback would put back)"
-        )
+            return decision, service_id
+        message = decision.message + " (the spec this rollback would put back)"
+        return dataclasses.replace(decision, message=message), service_id
 
     async def _judge_service_socket(self, body: GoObject) -> Decision:
         spec = body.field("TaskTemplate")
@@ -1687,6 +1708,31 @@ def _rewrite_bind(spec: Any, socket_path: str, sources: frozenset[str]) -> Any:
     if isinstance(intent, HostPath) and intent.source in sources:
         return socket_path + spec[len(intent.source) :]
     return spec
+
+
+def _pin_service_networks(body: GoObject, ids: dict[str, str]) -> str:
+    """The service spec with each network `Target` in `ids` (both lists) replaced by its ID,
+    written once under the canonical names, as the engine reads the merged view."""
+
+    def pinned(networks: Any) -> Any:
+        if not isinstance(networks, list):
+            return networks
+        out: list[Any] = []
+        for net in networks:
+            if isinstance(net, GoObject):
+                t = net.field("Target", "")
+                if isinstance(t, str) and t in ids:
+                    net = gojson.with_field(net, "Target", ids[t])
+            out.append(net)
+        return out
+
+    task = body.field("TaskTemplate")
+    if isinstance(task, GoObject) and isinstance(task.field("Networks"), list):
+        task = gojson.with_field(task, "Networks", pinned(task.field("Networks")))
+        body = gojson.with_field(body, "TaskTemplate", task)
+    if isinstance(body.field("Networks"), list):
+        body = gojson.with_field(body, "Networks", pinned(body.field("Networks")))
+    return gojson.dumps(body)
 
 
 def _rewrite_create(body: GoObject, socket_path: str, sources: frozenset[str]) -> str:

@@ -452,7 +452,10 @@ def test_remembered_answers_keep_responses_in_step(kagent, probe, direct, stack,
     copy mounts the container's binds again) and interleaved with remembered ones: on one
     kept-alive connection and pipelined, every response comes in order, and a refused create
     behind them is still read as a request and refused (checked on the ENGINE)."""
-    missing = f"/v1.41/containers/{sleeper}/archive?path=/eci-no-such-file"
+    # By ID: the agent forwards a copy to the judged container's ID, and the engine's 404
+    # names the container as the request did.
+    cid = direct("inspect", "-f", "{{.Id}}", sleeper, check=True).stdout.strip()
+    missing = f"/v1.41/containers/{cid}/archive?path=/eci-no-such-file"
     get_missing, head_missing = _req("GET", missing), _req("HEAD", missing)
     _prime(kagent.listen, probe, PING, HEAD_PING, LIST)
     mix = [("GET", get_missing), ("HEAD", head_missing), ("HEAD", HEAD_PING), ("GET", PING),

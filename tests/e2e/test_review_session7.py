@@ -38,9 +38,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import socket
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -51,6 +48,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.agent_process import AgentProcess, http_over_unix
+from tests.e2e.conftest import _engine_json
 from tests.e2e.test_review_session3 import _bad_create, _connect, _exists, _read_all
 from tests.e2e.test_socket_mount import _raw
 
@@ -63,25 +61,6 @@ OPEN_TOCTOU = "open: a bind source changed after the agent judged it (session 7 
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _engine_json(stack: Any, target: str) -> Any:
-    reply = http_over_unix(
-        stack.engine_socket,
-        f"GET {target} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".encode(),
-    )
-    head, _, body = reply.partition(b"\r\n\r\n")
-    if b"chunked" in head.lower():
-        out = b""
-        while body:
-            size, _, rest = body.partition(b"\r\n")
-            n = int(size.split(b";")[0], 16)
-            if n == 0:
-                break
-            out += rest[:n]
-            body = rest[n + 2 :]
-        body = out
-    return json.loads(body) if body.strip() else None
 
 
 def _status(reply: bytes) -> int:
@@ -112,44 +91,6 @@ def _task_evidence(stack: Any, direct: Any, service: str, wait: float = 20.0) ->
             return "; ".join(out) + f" (host netns {_host_netns(stack)})"
         time.sleep(0.5)
     return "no task container yet"
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free now, in the range swarm takes for its data path (1024-49151)."""
-    for _ in range(200):
-        port = random.randint(20000, 49000)
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port")
-
-
-@pytest.fixture(scope="module")
-def swarm(direct: Any, stack: Any) -> Iterator[str]:
-    """The private engine as a one-node swarm; yields the swarm-side ID of `host`."""
-    joined = direct("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "active"
-    # swarm init makes this bridge in the host's network namespace; swarm leave keeps it.
-    had_bridge = os.path.exists("/sys/class/net/docker_gwbridge")
-    if not joined:
-        port, data_port = _free_port(), _free_port(socket.SOCK_DGRAM)
-        direct("swarm", "init", "--advertise-addr", f"127.0.0.1:{port}",
-               "--listen-addr", f"127.0.0.1:{port}", "--data-path-port", str(data_port),
-               check=True, timeout=120)  # fmt: skip
-    try:
-        net = _engine_json(stack, "/v1.41/networks/host?scope=swarm")
-        assert isinstance(net, dict) and net.get("Scope") == "swarm", net
-        yield str(net["Id"])
-    finally:
-        for sid in direct("service", "ls", "-q").stdout.split():
-            direct("service", "rm", sid)
-        if not joined:
-            direct("swarm", "leave", "--force", timeout=120)
-            if not had_bridge:
-                subprocess.run(["ip", "link", "delete", "docker_gwbridge"], check=False,
-                               capture_output=True)  # fmt: skip
 
 
 def _service_body(stack: Any, name: str, **extra: Any) -> dict[str, Any]:
