@@ -618,15 +618,23 @@ class Gate:
         if key == "POST /containers/{id}/exec":
             if not isinstance(doc, GoObject):
                 return bad_request("exec create body must be a JSON object"), None
-            return await self._judge_container_change(match.params["id"], exec_violations(doc))
+            decision, pinned = await self._judge_container_change(
+                match.params["id"], exec_violations(doc)
+            )
+            if pinned == match.params["id"]:
+                return decision, None  # nothing asked of the container: forwarded as sent
+            # judged against that container's image: created in that very container
+            return _pin(decision, target, head.target, f"/containers/{pinned}/exec"), None
         if key == "POST /containers/{id}/update":
             if not isinstance(doc, GoObject):
                 return bad_request("container update body must be a JSON object"), None
-            decision, out = await self._judge_container_change(
+            decision, pinned = await self._judge_container_change(
                 match.params["id"], update_violations(doc)
             )
             if not decision.allowed or not sets_restart_policy(doc):
-                return decision, out
+                if pinned == match.params["id"]:
+                    return decision, None  # nothing asked of the container: forwarded as sent
+                return _pin(decision, target, head.target, f"/containers/{pinned}/update"), None
             # With a restart policy the engine starts the container by itself (when it exits,
             # when the engine starts): judge it as a start now, and update what was judged.
             try:
@@ -638,7 +646,7 @@ class Gate:
                     " (refused for a restart policy: the engine would start it by itself)"
                 )
                 return dataclasses.replace(started, message=message), None
-            return _pin(decision, target, head.target, f"/containers/{pinned}/update"), out
+            return _pin(decision, target, head.target, f"/containers/{pinned}/update"), None
         if key in ("POST /plugins/pull", "POST /plugins/{name}/upgrade"):
             return self._judge_plugin_privileges(doc, target), None
         return ALLOW, None  # pragma: no cover - every BODY_ROUTES key is handled above
@@ -1239,14 +1247,16 @@ class Gate:
 
     async def _judge_container_change(
         self, name: str, violations: list[Violation]
-    ) -> tuple[Decision, bytes | None]:
-        """Exec create and update of an existing container: judged against its image."""
+    ) -> tuple[Decision, str]:
+        """Exec create and update of an existing container: judged against its image. Also
+        returns the container's ID when one was judged (else `name`), to forward it with."""
         if not violations:
-            return ALLOW, None
+            return ALLOW, name
         try:
             info = await self.engine.inspect_container(name)
         except NotFound:
-            return Decision(False, 404, f"No such container: {name}", "no-such-container"), None
+            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+        container_id = str(info.get("Id") or name)
         image_text = (info.get("Config") or {}).get("Image") or ""
         settings = self.config.current().settings
         where = self.config.settings_where()
@@ -1254,7 +1264,7 @@ class Gate:
             settings, violations, image_text=image_text, settings_where=where
         )
         if decision.allowed:
-            return decision, None
+            return decision, container_id
         verdicts, _ = await self._exception_verdicts(
             image_text, decision, image_id=info.get("Image"), violations=violations
         )
@@ -1262,7 +1272,7 @@ class Gate:
             decision = decide_violations(
                 settings, violations, image_text=image_text, settings_where=where, verdicts=verdicts
             )
-        return decision, None
+        return decision, container_id
 
     def _judge_plugin_privileges(self, doc: Any, target: Target) -> Decision:
         """`docker plugin install`/`upgrade`: the privileges the client grants the plugin."""

@@ -611,3 +611,43 @@ def test_a_restart_policy_update_of_an_ordinary_container_goes_through(via_agent
         assert r.returncode == 0, "a resource update alone is not a start: " + r.stderr
     finally:
         direct("rm", "-f", name, refused)
+
+
+def test_a_privileged_exec_an_exception_allows_is_made_in_the_judged_container(
+    agent, via_agent, direct, stack, name
+):
+    """An exec judged against its container's image (an isolation exception) is forwarded to
+    that container's ID; another image still gets nothing."""
+    from tests.e2e.agent_process import DEFAULT_SETTINGS
+    from tests.e2e.test_isolation import registry_ref
+
+    busybox = registry_ref(stack, "busybox")
+    repo = busybox.rsplit(":", 1)[0]
+    other = name + "-other"
+    agent.set_settings(
+        {**DEFAULT_SETTINGS,
+         "eciAgent": {"isolationExceptions": [{"images": [f"{repo}:*"], "allow": ["--privileged"]}]}}
+    )  # fmt: skip
+    try:
+        direct("run", "-d", "--name", name, "--network", "none", busybox, "sleep", "60",
+               check=True)  # fmt: skip
+        direct("run", "-d", "--name", other, "--network", "none",
+               registry_ref(stack, "dockercli"), "sleep", "60", check=True)  # fmt: skip
+        since = str(int(time.time()) - 1)
+        r = via_agent("exec", "--privileged", name, "true")
+        # allowed by the agent (runc may still fail to give a privileged exec its caps here)
+        assert "enhanced container isolation" not in r.stdout + r.stderr, r.stdout + r.stderr
+        r = via_agent("exec", "--privileged", other, "true")
+        assert r.returncode != 0 and "enhanced container isolation" in r.stderr, r.stderr
+
+        def exec_creates(box: str) -> list[str]:
+            shown = direct("events", "--since", since, "--until", str(int(time.time()) + 1),
+                           "--filter", f"container={box}", "--filter", "event=exec_create",
+                           "--format", "{{.Action}}", check=True)  # fmt: skip
+            return shown.stdout.splitlines()
+
+        assert len(exec_creates(name)) == 1, exec_creates(name)  # made in the judged container
+        assert exec_creates(other) == []
+    finally:
+        agent.set_settings(DEFAULT_SETTINGS)
+        direct("rm", "-f", name, other)
