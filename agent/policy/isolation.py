@@ -502,19 +502,8 @@ def host_config_violations(hc: GoObject, where: str, facts: IsolationFacts) -> l
     elif requests is not MISSING and requests is not None and not isinstance(requests, list):
         raise ValueError(f"{where}.DeviceRequests: expected an array")
     parent = hc.field("CgroupParent")
-    if isinstance(parent, str) and container_of_cgroup(f"0::{parent}") is not None:
-        # The engine puts the container at `<parent>/<id>`, and a client's container is read
-        # from the first ID in its cgroup path: a parent naming another container's ID would
-        # make this one's processes pass for that container (and get its command list).
-        found.append(
-            Violation(
-                f"--cgroup-parent={parent}",
-                "--cgroup-parent",
-                f"{where}.CgroupParent",
-                "it is named like a container's cgroup, which is how eci-agent tells which "
-                "container a request comes from",
-            )
-        )
+    if isinstance(parent, str):
+        found += _cgroup_parent_violations(parent, "--cgroup-parent", f"{where}.CgroupParent")
     sysctls = hc.field("Sysctls")
     if isinstance(sysctls, GoObject):
         for key in sysctls.entries():
@@ -906,6 +895,10 @@ def plugin_privilege_violations(privileges: list[Any], where: str) -> list[Viola
     return found
 
 
+#: The mount types a plugin may ask for: host paths (judged as binds) and memory.
+PLUGIN_MOUNT_TYPES = frozenset({"", "bind", "tmpfs"})
+
+
 def plugin_config_violations(info: Mapping[str, Any], facts: IsolationFacts) -> list[Violation]:
     """An installed plugin (`GET /plugins/{name}/json`), judged before it is enabled."""
     config = info.get("Config") or {}
@@ -930,6 +923,21 @@ def plugin_config_violations(info: Mapping[str, Any], facts: IsolationFacts) -> 
                     "this capability reaches the host kernel or other processes",
                 )
             )
+    for section, part in (("Config", config), ("Settings", settings)):
+        for i, mount in enumerate(part.get("Mounts") or ()):
+            kind = mount.get("Type") if isinstance(mount, dict) else None
+            if kind is None or kind == "":
+                kind = ""
+            if not isinstance(kind, str) or kind not in PLUGIN_MOUNT_TYPES:
+                found.append(
+                    Violation(
+                        f"plugin mount of type {kind!r}",
+                        "--mount",
+                        f"{section}.Mounts[{i}].Type",
+                        "a file system of its own (procfs, sysfs, cgroup...) reaches host-wide "
+                        "kernel state that a container's masked and read-only paths keep out",
+                    )
+                )
     if linux.get("AllowAllDevices") is True:
         found.append(
             Violation("plugin AllowAllDevices", "--device", "Config.Linux", "every host device")
@@ -949,9 +957,31 @@ def plugin_config_violations(info: Mapping[str, Any], facts: IsolationFacts) -> 
     return _unique(found)
 
 
+def _cgroup_parent_violations(parent: str, option: str, where: str) -> list[Violation]:
+    """The engine puts a container (or a build step) at `<parent>/<id>`, and a client's
+    container is read from the first ID in its cgroup path: a parent naming another
+    container's ID would make these processes pass for that container (and get its
+    command list)."""
+    if container_of_cgroup(f"0::{parent}") is None:
+        return []
+    return [
+        Violation(
+            f"{option}={parent}",
+            "--cgroup-parent",
+            where,
+            "it is named like a container's cgroup, which is how eci-agent tells which "
+            "container a request comes from",
+        )
+    ]
+
+
 def build_violations(query: Mapping[str, str]) -> list[Violation]:
-    """`POST /build` query parameters (`docker build --network=host`, classic `--security-opt`)."""
+    """`POST /build` query parameters (`docker build --network=host`, classic `--security-opt`,
+    `--cgroup-parent`)."""
     found: list[Violation] = []
+    found += _cgroup_parent_violations(
+        query.get("cgroupparent", ""), "docker build --cgroup-parent", "cgroupparent"
+    )
     mode = query.get("networkmode", "")
     if _is_host_mode(mode) or _container_target(mode) is not None:
         found.append(

@@ -234,9 +234,12 @@ def plugin_mounts(info: dict[str, Any], name: str) -> tuple[HostPath, ...]:
                 continue
             if not isinstance(source, str):
                 raise UnreadableMount(f"{where}: Source must be a string")
+            options = mount.get("Options") or ()
+            # runc binds the source for type "bind" and for a "bind"/"rbind" option too
+            bind = kind == "bind" or any(o in ("bind", "rbind") for o in options)
             if source.startswith("/"):
                 found.append(HostPath(source, where, rewritable=False))
-            elif kind == "bind":
+            elif bind:
                 raise UnreadableMount(f"{where}: the bind source {source!r} is not absolute")
     return tuple(found)
 

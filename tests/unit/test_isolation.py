@@ -468,6 +468,28 @@ def test_service_network_targets() -> None:
     assert service_network_targets(body('{"TaskTemplate": []}')) == set()
 
 
+@pytest.mark.parametrize(
+    ("mounts", "expected"),
+    [
+        ([{"Type": "proc", "Source": "proc", "Destination": "/hp"}], ["Config.Mounts[0].Type"]),
+        ([{"Type": "sysfs", "Source": "sysfs", "Destination": "/s"}], ["Config.Mounts[0].Type"]),
+        ([{"Type": "cgroup2", "Source": "x", "Destination": "/c"}], ["Config.Mounts[0].Type"]),
+        ([{"Type": ["proc"], "Destination": "/c"}], ["Config.Mounts[0].Type"]),
+        ([{"Type": "bind", "Source": "/srv/x", "Destination": "/x"}], []),
+        ([{"Type": "tmpfs", "Destination": "/t"}], []),
+        ([{"Source": "/srv/x", "Destination": "/x", "Options": ["rbind"]}], []),
+    ],
+)
+def test_plugin_mount_types(mounts: list[dict[str, Any]], expected: list[str]) -> None:
+    """A plugin's own procfs, sysfs or cgroup mount reaches host-wide kernel state (session
+    7's third review wrote kernel.core_uses_pid from a plugin); the binds are judged as host
+    paths elsewhere. `Settings.Mounts` is read too."""
+    found = plugin_config_violations({"Config": {"Mounts": mounts}}, facts())
+    assert [v.via for v in found] == expected
+    found = plugin_config_violations({"Settings": {"Mounts": mounts}}, facts())
+    assert [v.via for v in found] == [e.replace("Config", "Settings") for e in expected]
+
+
 def test_plugin_privileges_and_config() -> None:
     privs = gojson.loads(
         json.dumps(
@@ -507,6 +529,9 @@ def test_plugin_privileges_and_config() -> None:
         ({"networkmode": "container:abc"}, ["--network=host"]),
         ({"networkmode": "default"}, []),
         ({"securityopt": '["seccomp=unconfined"]'}, ["--security-opt=seccomp=unconfined"]),
+        ({"cgroupparent": "/" + "a" * 64}, ["--cgroup-parent"]),  # named like a container
+        ({"cgroupparent": "/docker/" + "b" * 64}, ["--cgroup-parent"]),
+        ({"cgroupparent": "/ci-builds"}, []),
         ({}, []),
     ],
 )

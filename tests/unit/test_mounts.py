@@ -624,3 +624,18 @@ def test_socket_aliases() -> None:
 )
 def test_reaches_procfs(path: ResolvedPath, hit: str | None) -> None:
     assert reaches_procfs(path, ("/proc", "/var/lib/chroot/proc")) == hit
+
+
+def test_plugin_mounts_bound_by_option_are_host_paths() -> None:
+    info = {
+        "Config": {
+            "Mounts": [
+                {"Type": "none", "Source": "/etc", "Options": ["rbind"]},
+                {"Type": "proc", "Source": "proc"},
+            ]
+        }
+    }
+    assert [m.source for m in plugin_mounts(info, "p")] == ["/etc"]
+    bad = {"Settings": {"Mounts": [{"Type": "tmpfs", "Source": "etc", "Options": ["bind"]}]}}
+    with pytest.raises(UnreadableMount):
+        plugin_mounts(bad, "p")
