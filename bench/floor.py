@@ -17,7 +17,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 HIGH_WATER = 256 * 1024
 
@@ -102,20 +103,29 @@ async def serve(listen: str, engine: str) -> None:
         os.unlink(listen)
     server = await loop.create_unix_server(_ClientSide, path=listen, backlog=4096)
     os.chmod(listen, 0o666)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen)
 
 
-def main(argv: list[str]) -> int:
+async def until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run_hop(
+    prog: str, argv: list[str], serve: Callable[[str, str], Coroutine[Any, Any, None]]
+) -> int:
+    """`python -m PROG LISTEN ENGINE`: run `serve(LISTEN, ENGINE)` on uvloop until signalled."""
     if len(argv) != 2:
-        print("usage: python -m bench.floor LISTEN ENGINE", file=sys.stderr)
+        print(f"usage: python -m {prog} LISTEN ENGINE", file=sys.stderr)
         return 2
     try:
         import uvloop
@@ -124,6 +134,10 @@ def main(argv: list[str]) -> int:
     except ImportError:  # pragma: no cover - uvloop is part of the venv
         asyncio.run(serve(argv[0], argv[1]))
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_hop("bench.floor", argv, serve)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 
 from agent.proxy.kernel_splice import KernelSplice
+from bench.floor import run_hop, until_signalled
 
 MAX_HEAD = 64 * 1024
 
@@ -78,12 +78,9 @@ async def serve(listen: str, engine_path: str) -> None:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     acceptor = loop.create_task(accept())
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         acceptor.cancel()
         server.close()
@@ -92,16 +89,7 @@ async def serve(listen: str, engine_path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bench.kfloor LISTEN ENGINE", file=sys.stderr)
-        return 2
-    try:
-        import uvloop
-
-        uvloop.run(serve(argv[0], argv[1]))
-    except ImportError:  # pragma: no cover - uvloop is part of the venv
-        asyncio.run(serve(argv[0], argv[1]))
-    return 0
+    return run_hop("bench.kfloor", argv, serve)
 
 
 if __name__ == "__main__":
