@@ -969,12 +969,11 @@ class Gate:
         Also returns the container's ID, which the start is forwarded with. `removing`: a
         refused auto-remove container is removed, as the engine does when its start fails.
         """
-        try:
-            info = await self.engine.inspect_container(name)
-        except NotFound:
-            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+        stored = await self._stored_container(name)
+        if stored is None:
+            return _no_such_container(name), name
+        info, intents = stored
         container_id = info["Id"]
-        intents = _container_fact(name, info).mounts
         facts = await self._host_facts(intents) if intents else None
         exposures = find_exposures(intents, facts) if facts is not None else ()
         decision = await self._judge_exposures(info, exposures)
@@ -997,6 +996,17 @@ class Gate:
             except EngineError as err:
                 log.warning("cannot remove refused auto-remove container %s: %s", name, err)
         return decision, container_id
+
+    async def _stored_container(
+        self, name: str
+    ) -> tuple[dict[str, Any], tuple[MountIntent, ...]] | None:
+        """A container's inspect data and the mounts the engine will make for it (None: the
+        engine knows no such container)."""
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return None
+        return info, _container_fact(name, info).mounts
 
     async def _judge_exposures(
         self, info: dict[str, Any], exposures: tuple[Exposure, ...]
@@ -1021,12 +1031,11 @@ class Gate:
         container's binds on the host, running or not, resolving each source again. So they
         are judged now as a start's are: the sockets they reach, and sensitive host paths (the
         rest of a start's checks is about running the container, which a copy does not)."""
-        try:
-            info = await self.engine.inspect_container(name)
-        except NotFound:
-            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+        stored = await self._stored_container(name)
+        if stored is None:
+            return _no_such_container(name), name
+        info, intents = stored
         container_id = info["Id"]
-        intents = _container_fact(name, info).mounts
         if not intents:
             return ALLOW, container_id
         host = await self._host_facts(intents)
@@ -1255,7 +1264,7 @@ class Gate:
         try:
             info = await self.engine.inspect_container(name)
         except NotFound:
-            return Decision(False, 404, f"No such container: {name}", "no-such-container"), name
+            return _no_such_container(name), name
         container_id = str(info.get("Id") or name)
         image_text = (info.get("Config") or {}).get("Image") or ""
         settings = self.config.current().settings
@@ -1658,6 +1667,11 @@ def _compose_labelled(request: Request) -> bool:
     except gojson.JSONSyntaxError:
         return False  # refused as unreadable further on
     return isinstance(doc, GoObject) and compose_labelled(doc)
+
+
+def _no_such_container(name: str) -> Decision:
+    """The engine's own answer, in its words, for a container it does not know."""
+    return Decision(False, 404, f"No such container: {name}", "no-such-container")
 
 
 def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Decision:
