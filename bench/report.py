@@ -388,22 +388,19 @@ def render_text(r: Report) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [line(cols), line(["-" * w for w in widths])] + [line(b) for b in body]
-    floor = floor_rows(r)
-    if floor:
-        out.append("\nreference floor (bench/floor.py: a hop that parses nothing; not a target):")
-        fw = [max(len(c), *(len(b[i]) for b in floor)) for i, c in enumerate(FLOOR_HEADER)]
-        out += [
-            "  ".join(c.ljust(w) for c, w in zip(b, fw, strict=True)).rstrip()
-            for b in [FLOOR_HEADER, *floor]
-        ]
-    kernel = kernel_rows(r)
-    if kernel:
-        out.append("\nkernel floor (bench/kfloor.py: bytes after the head moved by splice(2)):")
-        kw = [max(len(c), *(len(b[i]) for b in kernel)) for i, c in enumerate(KERNEL_HEADER)]
-        out += [
-            "  ".join(c.ljust(w) for c, w in zip(b, kw, strict=True)).rstrip()
-            for b in [KERNEL_HEADER, *kernel]
-        ]
+    for title, header, extra in (
+        ("reference floor (bench/floor.py: a hop that parses nothing; not a target):",
+         FLOOR_HEADER, floor_rows(r)),
+        ("kernel floor (bench/kfloor.py: bytes after the head moved by splice(2)):",
+         KERNEL_HEADER, kernel_rows(r)),
+    ):  # fmt: skip
+        if extra:
+            out.append("\n" + title)
+            ws = [max(len(c), *(len(b[i]) for b in extra)) for i, c in enumerate(header)]
+            out += [
+                "  ".join(c.ljust(w) for c, w in zip(b, ws, strict=True)).rstrip()
+                for b in [header, *extra]
+            ]
     ok, total = summary(r)
     out.append(f"\n{ok}/{total} targets met" + (" (quick run)" if r.quick else ""))
     out += foreign_lines(r)
