@@ -895,6 +895,18 @@ def plugin_privilege_violations(privileges: list[Any], where: str) -> list[Viola
     return found
 
 
+def _is_volume_driver(interface: Any) -> bool:
+    """Whether a plugin's `Config.Interface` lists the volume driver capability (as the
+    string `docker.volumedriver/1.0`, or as an object with `Capability`)."""
+    types = interface.get("Types") if isinstance(interface, dict) else None
+    for t in types or ():
+        if isinstance(t, dict):
+            t = str(t.get("Capability") or "")
+        if isinstance(t, str) and "volumedriver" in t.lower():
+            return True
+    return False
+
+
 #: The mount types a plugin may ask for: host paths (judged as binds) and memory.
 PLUGIN_MOUNT_TYPES = frozenset({"", "bind", "tmpfs"})
 
@@ -938,6 +950,17 @@ def plugin_config_violations(info: Mapping[str, Any], facts: IsolationFacts) -> 
                         "kernel state that a container's masked and read-only paths keep out",
                     )
                 )
+    if _is_volume_driver(config.get("Interface")):
+        found.append(
+            Violation(
+                "plugin volume driver",
+                "--volume-driver",
+                "Config.Interface.Types",
+                "the engine mounts into containers whatever path it answers (its rootfs joined "
+                "with `..` climbs to any host path, the engine socket's folder included), "
+                "after eci-agent could judge it",
+            )
+        )
     if linux.get("AllowAllDevices") is True:
         found.append(
             Violation("plugin AllowAllDevices", "--device", "Config.Linux", "every host device")

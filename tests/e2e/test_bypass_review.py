@@ -187,7 +187,7 @@ def _plugin_dir(direct: Any, stack: Any, tmp: Path, marker: str) -> Path:
         "description": "review",
         "documentation": "-",
         "entrypoint": ["/bin/sh", "-c", script],
-        "interface": {"types": ["docker.volumedriver/1.0"], "socket": "review.sock"},
+        "interface": {"types": ["docker.logdriver/1.0"], "socket": "review.sock"},
         "network": {"type": "none"},
         "mounts": [
             {"source": sock_dir, "destination": "/s", "type": "bind", "options": ["rbind"]}

@@ -437,7 +437,7 @@ def test_a_plugin_asking_for_sys_admin_cannot_be_enabled(via_agent, direct, stac
         "description": "isolation",
         "documentation": "-",
         "entrypoint": ["/bin/sleep", "60"],
-        "interface": {"types": ["docker.volumedriver/1.0"], "socket": "iso.sock"},
+        "interface": {"types": ["docker.logdriver/1.0"], "socket": "iso.sock"},
         "network": {"type": "none"},
         "linux": {"capabilities": ["CAP_SYS_ADMIN"]},
     }

@@ -72,7 +72,8 @@ def test_plugin_with_its_own_procfs_or_sysfs_cannot_be_enabled(
         "description": "review",
         "documentation": "-",
         "entrypoint": ["/bin/sh", "-c", script],
-        "interface": {"types": ["docker.volumedriver/1.0"], "socket": "review.sock"},
+        # not a volume driver (refused for that alone since): the mount type is what is judged
+        "interface": {"types": ["docker.logdriver/1.0"], "socket": "review.sock"},
         "network": {"type": "none"},
         "mounts": [
             {"source": fstype, "destination": "/hp", "type": fstype, "options": ["rw"]},

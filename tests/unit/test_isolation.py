@@ -490,6 +490,24 @@ def test_plugin_mount_types(mounts: list[dict[str, Any]], expected: list[str]) -
     assert [v.via for v in found] == [e.replace("Config", "Settings") for e in expected]
 
 
+@pytest.mark.parametrize(
+    ("interface", "refused"),
+    [
+        ({"Types": ["docker.volumedriver/1.0"], "Socket": "v.sock"}, True),
+        ({"Types": [{"Capability": "volumedriver", "Prefix": "docker", "Version": "1.0"}]}, True),
+        ({"Types": ["docker.logdriver/1.0", "docker.VolumeDriver/2.0"]}, True),
+        ({"Types": ["docker.logdriver/1.0"]}, False),
+        ({"Types": None}, False),
+        (None, False),
+    ],
+)
+def test_volume_driver_plugins_are_refused(interface: Any, refused: bool) -> None:
+    """The engine mounts whatever path a volume plugin answers (session 7: a plugin made with
+    `docker plugin create` handed a container the engine socket's folder)."""
+    found = plugin_config_violations({"Config": {"Interface": interface}}, facts())
+    assert [v.token for v in found] == (["--volume-driver"] if refused else [])
+
+
 def test_plugin_privileges_and_config() -> None:
     privs = gojson.loads(
         json.dumps(
