@@ -85,6 +85,8 @@ class EngineFacts:
     version: Mapping[str, Any] | None = None
     info: Mapping[str, Any] | None = None
     error: str | None = None
+    #: `GET /plugins` (None: not read).
+    plugins: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +616,38 @@ def check_isolation(facts: DoctorFacts) -> list[Finding]:
     return out
 
 
+def check_volume_plugins(facts: DoctorFacts) -> list[Finding]:
+    """Volume drivers other than `local` (`GET /info` Plugins.Volume): eci-agent refuses to
+    enable one, since the engine mounts into containers whatever path it answers, so any
+    there was enabled without it and its volumes are used unjudged (docs/ISOLATION.md)."""
+    info = facts.engine.info
+    if info is None:
+        return []
+    plugins = info.get("Plugins")
+    drivers = plugins.get("Volume") if isinstance(plugins, Mapping) else None
+    found = {str(d) for d in drivers or () if str(d) != "local"}
+    # /info lists a managed plugin only once the engine has looked it up; /plugins always
+    for plugin in facts.engine.plugins or ():
+        if isinstance(plugin, Mapping) and plugin.get("Enabled") is True:
+            config = plugin.get("Config")
+            interface = config.get("Interface") if isinstance(config, Mapping) else None
+            types = interface.get("Types") if isinstance(interface, Mapping) else None
+            if any("volumedriver" in str(t).lower() for t in types or ()):
+                found.add(str(plugin.get("Name") or plugin.get("Id") or "?"))
+    others = sorted(found)
+    if not others:
+        return [Finding("volume-plugins", OK, "no volume driver but local")]
+    return [
+        Finding(
+            "volume-plugins",
+            WARN,
+            f"volume driver(s) {', '.join(others)}: their volumes are mounted from whatever path "
+            "the driver answers, which eci-agent cannot judge",
+            "docker plugin disable (or rm) them unless you trust them as you trust the engine",
+        )
+    ]
+
+
 def check_settings(facts: DoctorFacts) -> list[Finding]:
     s = facts.settings
     if s is None:
@@ -811,6 +845,7 @@ CHECKS = (
     check_tcp,
     check_other_engines,
     check_isolation,
+    check_volume_plugins,
     check_settings,
     check_agent,
     check_agent_sockets,

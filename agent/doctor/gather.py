@@ -88,25 +88,31 @@ def path_facts(path: str, accounts: Accounts) -> PathFacts:
 
 async def _engine_answers(
     socket_path: str,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None, tuple[Any, ...] | None]:
+    """`GET /version`, `/info` (or the error) and `/plugins` (None if it could not be read)."""
     client = EngineClient(socket_path, keep=1, timeout=ENGINE_TIMEOUT)
     try:
         version = await client.version()
         info = await client.get_json("/info")
-        return version, info if isinstance(info, dict) else None, None
+        try:
+            plugins = await client.get_json("/plugins")
+        except (EngineError, TypeError, ValueError):
+            plugins = None
+        listed = tuple(plugins) if isinstance(plugins, list) else None
+        return version, info if isinstance(info, dict) else None, None, listed
     except (EngineError, TypeError, ValueError) as err:
-        return None, None, str(err)
+        return None, None, str(err), None
     finally:
         await client.close()
 
 
 def engine_facts(socket_path: str) -> EngineFacts:
-    version, info, error = asyncio.run(_engine_answers(socket_path))
-    return EngineFacts(socket_path, version, info, error)
+    version, info, error, plugins = asyncio.run(_engine_answers(socket_path))
+    return EngineFacts(socket_path, version, info, error, plugins)
 
 
 def _engine_id(socket_path: str) -> str | None:
-    _version, info, _error = asyncio.run(_engine_answers(socket_path))
+    _version, info, _error, _plugins = asyncio.run(_engine_answers(socket_path))
     engine_id = info.get("ID") if info else None
     return engine_id if isinstance(engine_id, str) and engine_id else None
 

@@ -91,3 +91,40 @@ def test_a_volume_plugin_cannot_hand_a_container_the_socket_folder(
         direct("rm", "-f", box)
         direct("volume", "rm", "-f", volume)
         direct("plugin", "rm", "-f", plugin)
+
+
+def test_the_doctor_names_a_volume_plugin_enabled_without_the_agent(
+    agent: Any, direct: Any, stack: Any, name: str, tmp_path: Path
+) -> None:
+    """One enabled directly on the engine (as before enforcement): its volumes go unjudged,
+    and `eci-agent doctor` says so."""
+    import sys
+
+    def finding() -> dict[str, Any]:
+        r = subprocess.run(
+            [sys.executable, "-m", "agent", "doctor", "--json", "--engine", stack.engine_socket,
+             "--control", agent.control, "--settings", str(agent.settings_path)],
+            capture_output=True, text=True, timeout=120, cwd=HERE.parents[1],
+        )  # fmt: skip
+        (only,) = [f for f in json.loads(r.stdout)["findings"] if f["check"] == "volume-plugins"]
+        return dict(only)
+
+    assert finding()["status"] == "ok"
+    plugin_dir = tmp_path / "plugin"
+    _python_rootfs(plugin_dir / "rootfs")
+    config = {
+        "description": "review volume plugin",
+        "documentation": "-",
+        "entrypoint": ["/usr/bin/python3", "-S", "/plugin.py"],
+        "interface": {"types": ["docker.volumedriver/1.0"], "socket": "review.sock"},
+        "network": {"type": "none"},
+    }
+    (plugin_dir / "config.json").write_text(json.dumps(config))
+    plugin = f"review7d-doc-{name}:latest"
+    try:
+        direct("plugin", "create", plugin, str(plugin_dir), check=True)
+        direct("plugin", "enable", "--timeout", "20", plugin, check=True)
+        seen = finding()
+        assert seen["status"] == "warn" and plugin in seen["message"], seen
+    finally:
+        direct("plugin", "rm", "-f", plugin)

@@ -327,3 +327,32 @@ def test_reach() -> None:
     assert C.reach(sock(0o666)) == C.Reach(True, False, None)
     assert C.reach(sock(0o666, folders=CLOSED)) == C.Reach(False, False, "/run/eci/engine")
     assert C.reach(sock(0o660, gid=106)).group is True
+
+
+@pytest.mark.parametrize(
+    ("volume", "status", "words"),
+    [
+        (["local"], "ok", "no volume driver but local"),
+        (["local", "evil:latest", "vieux/sshfs:latest"], "warn", "evil:latest, vieux/sshfs:latest"),
+        (None, "ok", "no volume driver but local"),
+    ],
+)
+def test_volume_plugins(volume: Any, status: str, words: str) -> None:
+    info = {**INFO_RUNC, "Plugins": {"Volume": volume, "Network": ["bridge"]}}
+    (finding,) = found(facts(engine=C.EngineFacts(ENGINE, VERSION, info)), "volume-plugins")
+    assert finding.status == status and words in finding.message, finding
+
+
+def test_volume_plugins_from_the_plugin_list() -> None:
+    listed = (
+        {"Name": "evil:latest", "Enabled": True,
+         "Config": {"Interface": {"Types": ["docker.volumedriver/1.0"]}}},
+        {"Name": "off:latest", "Enabled": False,
+         "Config": {"Interface": {"Types": ["docker.volumedriver/1.0"]}}},
+        {"Name": "logs:latest", "Enabled": True,
+         "Config": {"Interface": {"Types": ["docker.logdriver/1.0"]}}},
+    )  # fmt: skip
+    engine = C.EngineFacts(ENGINE, VERSION, INFO_RUNC, plugins=listed)
+    (finding,) = found(facts(engine=engine), "volume-plugins")
+    assert finding.status == "warn" and "evil:latest" in finding.message, finding
+    assert "off:latest" not in finding.message and "logs" not in finding.message
