@@ -51,22 +51,29 @@ def _python_rootfs(root: Path) -> None:
     shutil.copy(HERE / "data" / "volume_plugin.py", root / "plugin.py")
 
 
-def test_a_volume_plugin_cannot_hand_a_container_the_socket_folder(
-    via_agent: Any, direct: Any, stack: Any, name: str, tmp_path: Path
-) -> None:
-    folder = os.path.dirname(stack.engine_socket)
-    climb = "/.." * 12 + folder  # joined to the plugin's rootfs, then cleaned: `folder`
+def _volume_plugin(tmp_path: Path, answer: str) -> Path:
+    """A plugin folder (`docker plugin create NAME DIR`): the volume driver above, answering
+    every Mount with `answer`."""
     plugin_dir = tmp_path / "plugin"
     _python_rootfs(plugin_dir / "rootfs")
     config = {
         "description": "review volume plugin",
         "documentation": "-",
         "entrypoint": ["/usr/bin/python3", "-S", "/plugin.py"],
-        "env": [{"name": "ANSWER", "settable": ["value"], "value": climb}],
+        "env": [{"name": "ANSWER", "settable": ["value"], "value": answer}],
         "interface": {"types": ["docker.volumedriver/1.0"], "socket": "review.sock"},
         "network": {"type": "none"},
     }
     (plugin_dir / "config.json").write_text(json.dumps(config))
+    return plugin_dir
+
+
+def test_a_volume_plugin_cannot_hand_a_container_the_socket_folder(
+    via_agent: Any, direct: Any, stack: Any, name: str, tmp_path: Path
+) -> None:
+    folder = os.path.dirname(stack.engine_socket)
+    climb = "/.." * 12 + folder  # joined to the plugin's rootfs, then cleaned: `folder`
+    plugin_dir = _volume_plugin(tmp_path, climb)
     plugin = f"review7d-{name}:latest"
     volume = name + "-vol"
     box = name + "-box"
@@ -110,16 +117,7 @@ def test_the_doctor_names_a_volume_plugin_enabled_without_the_agent(
         return dict(only)
 
     assert finding()["status"] == "ok"
-    plugin_dir = tmp_path / "plugin"
-    _python_rootfs(plugin_dir / "rootfs")
-    config = {
-        "description": "review volume plugin",
-        "documentation": "-",
-        "entrypoint": ["/usr/bin/python3", "-S", "/plugin.py"],
-        "interface": {"types": ["docker.volumedriver/1.0"], "socket": "review.sock"},
-        "network": {"type": "none"},
-    }
-    (plugin_dir / "config.json").write_text(json.dumps(config))
+    plugin_dir = _volume_plugin(tmp_path, "/data")
     plugin = f"review7d-doc-{name}:latest"
     try:
         direct("plugin", "create", plugin, str(plugin_dir), check=True)
