@@ -230,6 +230,20 @@ def test_service_mounts_of_host_folders_are_refused(mount, agent, swarm, direct,
 _ASK = 'docker -H unix:///s version --format "ENGINE={{.Server.Version}}" 2>&1 | tail -1; sleep 1'
 
 
+def _benign_link(tmp_path: Path, folder: bool = False) -> tuple[Path, Path]:
+    """A harmless file (or folder) and a symlink `link` to it, in a folder the engine can
+    read: the bind source the attacks swap later."""
+    benign = tmp_path / "benign"
+    if folder:
+        benign.mkdir()
+    else:
+        benign.write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(benign)
+    os.chmod(tmp_path, 0o755)
+    return benign, link
+
+
 def _engine_version(direct: Any) -> str:
     return direct("version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
 
@@ -251,11 +265,7 @@ def _got_socket(direct: Any, name: str, version: str, wait: float = 25.0) -> str
 def test_a_restart_policy_does_not_remount_a_swapped_symlink(
     how, via_agent, direct, stack, name, tmp_path
 ):
-    benign = tmp_path / "benign"
-    benign.write_text("")
-    link = tmp_path / "link"
-    link.symlink_to(benign)
-    os.chmod(tmp_path, 0o755)
+    benign, link = _benign_link(tmp_path)
     refused = stack.images["dockercli"]  # in no image list: may never get the socket
     version = _engine_version(direct)
     try:
@@ -283,11 +293,7 @@ def test_a_restart_policy_does_not_remount_a_swapped_symlink(
 def test_a_swarm_task_replaced_by_the_orchestrator_does_not_remount_a_swapped_symlink(
     agent, swarm, direct, stack, name, tmp_path
 ):
-    benign = tmp_path / "benign"
-    benign.write_text("")
-    link = tmp_path / "link"
-    link.symlink_to(benign)
-    os.chmod(tmp_path, 0o755)
+    benign, link = _benign_link(tmp_path)
     version = _engine_version(direct)
     body = {
         "Name": name,
@@ -335,11 +341,7 @@ def test_cp_does_not_follow_a_swapped_bind_symlink_into_etc(
     container's binds again on the host for the copy, resolving each bind source then. A bind made through the agent to a
     symlink leading to a harmless folder, swapped to lead to /etc after the create, lets a user
     who may only use the agent write to (or read) the host's /etc."""
-    benign = tmp_path / "benign"
-    benign.mkdir()
-    link = tmp_path / "link"
-    link.symlink_to(benign)
-    os.chmod(tmp_path, 0o755)
+    benign, link = _benign_link(tmp_path, folder=True)
     proof = Path(f"/etc/eci-review7-{name}")
     payload = tmp_path / "payload"
     payload.write_text("written through eci-agent\n")
@@ -440,11 +442,7 @@ def test_a_restart_policy_set_through_the_agent_does_not_start_a_refused_contain
 def test_a_symlink_flipped_during_start_never_gives_the_socket(
     via_agent, direct, stack, name, tmp_path
 ):
-    benign = tmp_path / "benign"
-    benign.write_text("")
-    link = tmp_path / "link"
-    link.symlink_to(benign)
-    os.chmod(tmp_path, 0o755)
+    benign, link = _benign_link(tmp_path)
     refused = stack.images["dockercli"]
     version = _engine_version(direct)
     via_agent("create", "--name", name, "--network", "none", "-v", f"{link}:/s", refused,
