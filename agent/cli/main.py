@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import native, paths
-from agent.cli import control_cmds, doctor_cmds, features_cmds, registry_cmds
+from agent.cli import control_cmds, doctor_cmds, features_cmds, pins_cmds, registry_cmds
 from agent.service import systemd
 from agent.service.sockets import raise_open_files_limit
 from agent.settings.loader import Missing, Refused, load_settings
@@ -235,6 +235,13 @@ async def _serve(args: argparse.Namespace) -> int:
     def settings_where() -> str:
         return f"the admin settings file {settings_path}"
 
+    # Bind sources a user can change are held still with bind mounts (Linux, as root).
+    pins = (
+        pins_cmds.board_for(runtime_dir, state_dir, args.pin_sweep)
+        if sys.platform == "linux" and os.geteuid() == 0
+        else None
+    )
+
     gate = Gate(
         GateConfig(
             engine_socket=args.engine,
@@ -244,6 +251,7 @@ async def _serve(args: argparse.Namespace) -> int:
             current=lambda: state.current,
             registry=digests,
             events=services.store,
+            pins=pins,
         )
     )
     services.attach_gate(gate)
@@ -287,6 +295,16 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await digests.start()
+    keeper: asyncio.Task[None] | None = None
+    if pins is not None:
+        from agent.pins.keeper import keep_pins
+
+        keeper = asyncio.create_task(keep_pins(pins, gate.engine, args.pin_sweep))
+    else:
+        log.warning(
+            "bind sources a user can change are not pinned (needs root on Linux): such a "
+            "source can be swapped after it was judged"
+        )
     await host.start()
     await container.start()
     await services.start(sock=activated.get("control"))
@@ -308,6 +326,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         log.info("stopping")
+        if keeper is not None:
+            keeper.cancel()
         unsubscribe()
         await notifier.stop()
         await host.stop()
@@ -397,11 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true")
     registry_cmds.add_run_arguments(run)
+    pins_cmds.add_run_arguments(run)
     run.set_defaults(func=cmd_run)
     registry_cmds.add_parsers(sub)
     control_cmds.add_parsers(sub)
     features_cmds.add_parsers(sub)
     doctor_cmds.add_parsers(sub)
+    pins_cmds.add_parsers(sub)
     return parser
 
 

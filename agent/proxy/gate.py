@@ -15,11 +15,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agent.events.store import EventStore
+from agent.pins.board import (
+    Held,
+    MissingSource,
+    PinBoard,
+    PinError,
+    hold,
+    needs_pin,
+    release_all,
+)
 from agent.policy import gojson
 from agent.policy.command_map import (
     ALWAYS_ALLOWED_KEYS,
@@ -94,6 +103,7 @@ from agent.policy.mounts import (
     ProtectedSocket,
     ResolvedPath,
     UnreadableMount,
+    clean_host_path,
     create_mounts,
     exposed_socket,
     local_volume_mount,
@@ -238,6 +248,8 @@ class GateConfig:
     current: Callable[[], Effective]
     registry: DigestService = field(default_factory=DigestService.memory_only)
     events: EventStore | None = None  # where denials are stored (the log line is kept too)
+    #: Where bind sources a user can change are pinned (None: not pinned, e.g. unit tests).
+    pins: PinBoard | None = None
 
 
 def _form_encoded(head: RequestHead) -> bool:
@@ -602,7 +614,7 @@ class Gate:
         if key == "POST /volumes/create":
             if not isinstance(doc, GoObject):
                 return bad_request("volume create body must be a JSON object"), None
-            return await self._judge_volume_create(doc), None
+            return await self._judge_volume_create(doc)
         if key in ("POST /services/create", "POST /services/{id}/update"):
             if not isinstance(doc, GoObject):
                 return bad_request("service body must be a JSON object"), None
@@ -768,7 +780,27 @@ class Gate:
         return client
 
     async def _judge_create(self, body: GoObject) -> tuple[Decision, bytes | None]:
-        decision, rewritten = await self._judge_create_checks(body)
+        try:
+            intents = create_mounts(body)
+        except UnreadableMount:
+            intents = ()  # the checks below refuse it, saying why
+        held, refused = await self._hold(intents)
+        if refused is not None:
+            return refused, None
+        try:
+            decision, rewritten = await self._judge_create_checks(body, held=held)
+            if decision.allowed and held:
+                skip = {clean_host_path(r.old_source) for r in decision.rewrites}
+                pins = await self._pin_held(held, skip)
+                if isinstance(pins, Decision):
+                    return pins, None
+                if pins:
+                    current = gojson.loads_bytes(rewritten) if rewritten is not None else body
+                    assert isinstance(current, GoObject)
+                    rewritten = _rewrite_create(current, _pin_map(intents, pins)).encode()
+                    decision = _with_pins(decision, pins)
+        finally:
+            release_all(held.values())
         if decision.allowed or "image" in decision.details:
             return decision, rewritten
         image_text = body.field("Image", "")
@@ -782,7 +814,7 @@ class Gate:
         return decision, rewritten
 
     async def _judge_create_checks(
-        self, body: GoObject, *, reuse: bool = True
+        self, body: GoObject, *, reuse: bool = True, held: dict[str, Held] | None = None
     ) -> tuple[Decision, bytes | None]:
         """The socket and isolation checks of a create.
 
@@ -804,7 +836,7 @@ class Gate:
                 # are resolved (in a worker thread). Only a head start: the answer is used only
                 # if the exposure check below finds a socket, exactly as if asked then.
                 image.prefetch = self._background(self._local_image(image_text))
-        facts = await self._host_facts(intents) if intents else None
+        facts = await self._host_facts(intents, held) if intents else None
         decision, rewritten = await self._judge_create_socket(body, intents, facts, image)
         if decision.allowed:
             try:
@@ -812,13 +844,13 @@ class Gate:
                     body, intents, facts, decision, rewritten, image
                 )
             except _AskAgain:
-                return await self._judge_create_checks(body, reuse=False)
+                return await self._judge_create_checks(body, reuse=False, held=held)
         if image.found is None:
             return decision, rewritten
         plain = decision.allowed and not image.exceptions
         if image.found is image.reused:
             if not plain:
-                return await self._judge_create_checks(body, reuse=False)
+                return await self._judge_create_checks(body, reuse=False, held=held)
             return dataclasses.replace(decision, details={**decision.details, REUSED: "1"}), (
                 rewritten
             )
@@ -943,16 +975,19 @@ class Gate:
         if not decision.allowed and self._auditing() and all(e.rewritable for e in exposures):
             # Audit mode lets it through: with the container-facing socket all the same, so
             # what the container then asks is audited too (and checked to be this image).
-            sources = frozenset(e.source for e in exposures)
-            rewritten = _rewrite_create(body, self.config.container_socket, sources).encode()
+            sources = (e.source for e in exposures)
+            socket_map = _socket_map(self.config.container_socket, sources)
+            rewritten = _rewrite_create(body, socket_map).encode()
             return dataclasses.replace(decision, expect_image_id=image.id), rewritten
         if not decision.allowed and self._auditing():
             # A socket reached in a way that cannot be rewritten: never forward it as it is.
             return dataclasses.replace(decision, auditable=False), None
         if not decision.allowed or not decision.rewrites:
             return decision, None
-        sources = frozenset(r.old_source for r in decision.rewrites)
-        return decision, _rewrite_create(body, self.config.container_socket, sources).encode()
+        socket_map = _socket_map(
+            self.config.container_socket, (r.old_source for r in decision.rewrites)
+        )
+        return decision, _rewrite_create(body, socket_map).encode()
 
     async def _image_verdict(self, image: LocalImage) -> ImageVerdict:
         settings = self.config.current().settings
@@ -1091,40 +1126,92 @@ class Gate:
             rule="isolation-plugin",
         )
 
-    async def _judge_volume_create(self, body: GoObject) -> Decision:
+    async def _judge_volume_create(self, body: GoObject) -> tuple[Decision, bytes | None]:
+        """A local volume that binds a host folder: never the socket. A device a user can
+        change is held, judged as it is, and the volume made on its pin."""
         try:
             mount = volume_create_mount(body)
         except UnreadableMount as err:
-            return deny(403, f"cannot judge this volume: {err}", "volume-unjudgeable")
+            return deny(403, f"cannot judge this volume: {err}", "volume-unjudgeable"), None
         if mount is None:
-            return ALLOW
-        device = mount.source
-        facts = await self._host_paths({device})
-        hit = exposed_socket(facts.paths[device], facts.protected)
-        if hit is None:
-            return ALLOW
-        return deny(
-            403,
-            f"a volume that mounts {device} would expose the {hit[0].label} {hit[0].path}; "
-            "volumes cannot carry the engine socket",
-            "volume-socket",
-        )
+            return ALLOW, None
+        held, refused = await self._hold((mount,))
+        if refused is not None:
+            return refused, None
+        try:
+            device = mount.source
+            facts = await self._host_paths({device}, held)
+            hit = exposed_socket(facts.paths[device], facts.protected)
+            if hit is not None:
+                return deny(
+                    403,
+                    f"a volume that mounts {device} would expose the {hit[0].label} "
+                    f"{hit[0].path}; volumes cannot carry the engine socket",
+                    "volume-socket",
+                ), None
+            if not held:
+                return ALLOW, None
+            pins = await self._pin_held(held, set())
+        finally:
+            release_all(held.values())
+        if isinstance(pins, Decision):
+            return pins, None
+        opts = body.field("DriverOpts")
+        assert isinstance(opts, GoObject)  # volume_create_mount found a device in it
+        pin = pins[clean_host_path(device)]
+        # A map, not a struct: its keys are exact (the last "device" is the one read).
+        pairs = tuple((k, v) for k, v in opts.pairs if k != "device") + (("device", pin),)
+        out = gojson.dumps(gojson.with_field(body, "DriverOpts", GoObject(pairs)))
+        return _with_pins(ALLOW, pins), out.encode()
 
     async def _judge_service(self, body: GoObject) -> tuple[Decision, bytes | None]:
         """A service spec (create, update): its socket mounts, then its host powers. An
         allowed spec is forwarded with each network it names pinned to the ID it was judged
         as (the engine stores IDs there anyway), so a network named like a prefix of another's
         ID cannot change meaning between the look-up and the engine's own."""
-        decision = await self._judge_service_socket(body)
-        if not decision.allowed:
-            return decision, None
         spec = body.field("TaskTemplate")
         container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
         intents: tuple[MountIntent, ...] = ()
         if isinstance(container_spec, GoObject):
-            wrapper = GoObject((("Mounts", container_spec.field("Mounts", None)),))
-            intents = create_mounts(GoObject((("HostConfig", wrapper),)))
-        host = await self._host_facts(intents) if intents else None
+            try:
+                intents = _service_mounts(container_spec)
+            except UnreadableMount as err:
+                return bad_request(f"cannot read the service's mounts: {err}"), None
+        held, refused = await self._hold(intents)
+        if refused is not None:
+            return refused, None
+        try:
+            decision, rewritten = await self._judge_service_held(body, intents, held)
+            if not decision.allowed or not held:
+                return decision, rewritten
+            pins = await self._pin_held(held, set())
+            if isinstance(pins, Decision):
+                return pins, None
+            if not pins:
+                return decision, rewritten
+        finally:
+            release_all(held.values())
+        # The tasks' containers get the pins, as a container's create does.
+        current = gojson.loads_bytes(rewritten) if rewritten is not None else body
+        assert isinstance(current, GoObject) and isinstance(container_spec, GoObject)
+        task = current.field("TaskTemplate")
+        assert isinstance(task, GoObject)
+        task_spec = task.field("ContainerSpec")
+        assert isinstance(task_spec, GoObject)
+        task_spec = _rewrite_sources(task_spec, _pin_map(intents, pins))
+        task = gojson.with_field(task, "ContainerSpec", task_spec)
+        out = gojson.dumps(gojson.with_field(current, "TaskTemplate", task)).encode()
+        return _with_pins(decision, pins), out
+
+    async def _judge_service_held(
+        self, body: GoObject, intents: tuple[MountIntent, ...], held: dict[str, Held]
+    ) -> tuple[Decision, bytes | None]:
+        decision = await self._judge_service_socket(body, intents, held)
+        if not decision.allowed:
+            return decision, None
+        spec = body.field("TaskTemplate")
+        container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
+        host = await self._host_facts(intents, held) if intents else None
         facts = await self._isolation_facts(intents, host, set())
         networks = await self._service_networks(service_network_targets(body))
         missing = sorted(t for t, net in networks.items() if net is None)
@@ -1187,29 +1274,38 @@ class Gate:
         doc = gojson.loads(json.dumps(previous))
         if not isinstance(doc, GoObject):  # pragma: no cover - a dict dumps to an object
             return ALLOW, service_id
+        spec = doc.field("TaskTemplate")
+        container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
+        if isinstance(container_spec, GoObject):
+            try:
+                held, refused = await self._hold(_service_mounts(container_spec))
+            except UnreadableMount:
+                held, refused = {}, None  # judged below, saying why
+            release_all(held.values())
+            if held:
+                where = ", ".join(sorted(held))
+                refused = deny(
+                    403,
+                    f"the spec a rollback would put back binds {where}, which a user other than "
+                    "root can change, and a rollback cannot be given pinned paths; update the "
+                    "service with that spec instead",
+                    "unpinnable-bind",
+                )
+            if refused is not None:
+                return refused, service_id
         decision, _ = await self._judge_service(doc)
         if decision.allowed:
             return decision, service_id
         message = decision.message + " (the spec this rollback would put back)"
         return dataclasses.replace(decision, message=message), service_id
 
-    async def _judge_service_socket(self, body: GoObject) -> Decision:
-        spec = body.field("TaskTemplate")
-        container_spec = spec.field("ContainerSpec") if isinstance(spec, GoObject) else None
-        if not isinstance(container_spec, GoObject):
-            return ALLOW
-        try:
-            wrapper = GoObject((("Mounts", container_spec.field("Mounts", None)),))
-            intents = tuple(
-                i
-                for i in create_mounts(GoObject((("HostConfig", wrapper),)))
-                if isinstance(i, HostPath | NamedVolume)
-            )
-        except UnreadableMount as err:
-            return bad_request(f"cannot read the service's mounts: {err}")
+    async def _judge_service_socket(
+        self, body: GoObject, intents: tuple[MountIntent, ...], held: dict[str, Held]
+    ) -> Decision:
+        intents = tuple(i for i in intents if isinstance(i, HostPath | NamedVolume))
         if not intents:
             return ALLOW
-        facts = await self._host_facts(intents)
+        facts = await self._host_facts(intents, held)
         if find_exposures(intents, facts):
             return deny(
                 403,
@@ -1480,7 +1576,29 @@ class Gate:
         paths.update(resolve_all(needed.difference(paths)))
         return table, protected, paths
 
-    async def _host_facts(self, intents: tuple[MountIntent, ...]) -> HostFacts:
+    # -- bind sources held still (agent.pins) -----------------------------------------------------
+
+    async def _hold(
+        self, intents: tuple[MountIntent, ...]
+    ) -> tuple[dict[str, Held], Decision | None]:
+        """Open each host path a user other than root can change, so that what is judged
+        is the file then pinned (see agent.pins). Returns them by cleaned path, or a refusal."""
+        if self.config.pins is None or not any(isinstance(i, HostPath) for i in intents):
+            return {}, None
+        return await asyncio.to_thread(_hold_all, intents)
+
+    async def _pin_held(self, held: dict[str, Held], skip: set[str]) -> dict[str, str] | Decision:
+        """Pin each held source (but those in `skip`): cleaned path -> pin path."""
+        board = self.config.pins
+        assert board is not None
+        wanted = [h for key, h in held.items() if key not in skip]
+        if not wanted:
+            return {}
+        return await asyncio.to_thread(_pin_all, board, wanted)
+
+    async def _host_facts(
+        self, intents: tuple[MountIntent, ...], held: dict[str, Held] | None = None
+    ) -> HostFacts:
         volumes: dict[str, VolumeFact] = {}
         containers: dict[str, ContainerFact] = {}
         for intent in intents:
@@ -1495,10 +1613,10 @@ class Gate:
         partial = HostFacts((), {}, volumes, containers)
         needed = host_paths_needed(intents, partial)
 
-        found = await self._host_paths(needed)
+        found = await self._host_paths(needed, held)
         return HostFacts(found.protected, found.paths, volumes, containers, found.procfs)
 
-    async def _host_paths(self, needed: set[str]) -> HostFacts:
+    async def _host_paths(self, needed: set[str], held: dict[str, Held] | None = None) -> HostFacts:
         """The protected sockets, the host procfs mounts and the paths `needed`, resolved now.
 
         The mount table (procfs) and the protected sockets are read on the loop when only
@@ -1509,6 +1627,14 @@ class Gate:
         resolution, with no thread trip."""
         if self._protected_on_loop is None:
             self._protected_on_loop = await asyncio.to_thread(self._protected_root_held)
+        pinned: dict[str, ResolvedPath] = {}
+        if held:
+            # A held source is judged as the open file it is (which is what gets pinned).
+            for p in needed:
+                h = held.get(clean_host_path(p))
+                if h is not None:
+                    pinned[p] = dataclasses.replace(h.found, source=p)
+            needed = needed.difference(pinned)
         if self._protected_on_loop:
             table = self._mounts.current()
             protected, paths = protected_sockets(self._protected_paths, table)
@@ -1518,7 +1644,9 @@ class Gate:
         else:
             table, protected, paths = await asyncio.to_thread(self._all_host_paths, needed)
         return HostFacts(
-            protected, {p: paths[p] for p in needed}, procfs=procfs_mount_points(table)
+            protected,
+            {**{p: paths[p] for p in needed}, **pinned},
+            procfs=procfs_mount_points(table),
         )
 
     async def _volume(self, name: str) -> VolumeFact:
@@ -1725,12 +1853,12 @@ def _display_name(image_text: str) -> str:
         return image_text
 
 
-def _rewrite_bind(spec: Any, socket_path: str, sources: frozenset[str]) -> Any:
+def _rewrite_bind(spec: Any, sources: Mapping[str, str]) -> Any:
     if not isinstance(spec, str):
         return spec
     intent = parse_bind_spec(spec, "")
     if isinstance(intent, HostPath) and intent.source in sources:
-        return socket_path + spec[len(intent.source) :]
+        return sources[intent.source] + spec[len(intent.source) :]
     return spec
 
 
@@ -1759,29 +1887,118 @@ def _pin_service_networks(body: GoObject, ids: dict[str, str]) -> str:
     return gojson.dumps(body)
 
 
-def _rewrite_create(body: GoObject, socket_path: str, sources: frozenset[str]) -> str:
-    """The create body with every socket bind source in `sources` replaced by `socket_path`.
+def _rewrite_sources(host_config: GoObject, sources: Mapping[str, str]) -> GoObject:
+    """`host_config` (or a service's ContainerSpec) with each bind source in `sources` (as
+    written) replaced by the path it maps to, in `Binds` and in `Mounts` of type bind.
 
     The rewritten fields are written once under their canonical names, so the engine reads
     exactly the merged view the policy judged.
     """
-    host_config = body.field("HostConfig")
-    assert isinstance(host_config, GoObject)
     binds = host_config.field("Binds")
     if isinstance(binds, list):
         host_config = gojson.with_field(
-            host_config, "Binds", [_rewrite_bind(b, socket_path, sources) for b in binds]
+            host_config, "Binds", [_rewrite_bind(b, sources) for b in binds]
         )
     mounts = host_config.field("Mounts")
     if isinstance(mounts, list):
         new_mounts: list[Any] = []
         for m in mounts:
-            if (
-                isinstance(m, GoObject)
-                and m.field("Type") == "bind"
-                and m.field("Source") in sources
-            ):
-                m = gojson.with_field(m, "Source", socket_path)
+            if isinstance(m, GoObject) and m.field("Type") == "bind":
+                source = m.field("Source")
+                if isinstance(source, str) and source in sources:
+                    m = gojson.with_field(m, "Source", sources[source])
             new_mounts.append(m)
         host_config = gojson.with_field(host_config, "Mounts", new_mounts)
-    return gojson.dumps(gojson.with_field(body, "HostConfig", host_config))
+    return host_config
+
+
+def _rewrite_create(body: GoObject, sources: Mapping[str, str]) -> str:
+    """The create body with each bind source in `sources` replaced (`_rewrite_sources`)."""
+    host_config = body.field("HostConfig")
+    assert isinstance(host_config, GoObject)
+    return gojson.dumps(
+        gojson.with_field(body, "HostConfig", _rewrite_sources(host_config, sources))
+    )
+
+
+def _socket_map(socket_path: str, sources: Iterable[str]) -> dict[str, str]:
+    return dict.fromkeys(sources, socket_path)
+
+
+def _service_mounts(container_spec: GoObject) -> tuple[MountIntent, ...]:
+    """A service's mounts (its ContainerSpec's `Mounts`), read as a create's."""
+    wrapper = GoObject((("Mounts", container_spec.field("Mounts", None)),))
+    return create_mounts(GoObject((("HostConfig", wrapper),)))
+
+
+def _pin_map(intents: Iterable[MountIntent], pins: Mapping[str, str]) -> dict[str, str]:
+    """Each host path as written in the request -> the pin of the file it was held as."""
+    return {
+        i.source: pins[clean_host_path(i.source)]
+        for i in intents
+        if isinstance(i, HostPath) and clean_host_path(i.source) in pins
+    }
+
+
+def _with_pins(decision: Decision, pins: Mapping[str, str]) -> Decision:
+    return dataclasses.replace(decision, details={**decision.details, "pinned": str(len(pins))})
+
+
+#: Where a held host path can be replaced by its pin: a bind's source in `Binds` or in
+#: `Mounts` (a container's HostConfig, a service's ContainerSpec), a volume's `device`.
+def _pinnable(intent: HostPath) -> bool:
+    via = intent.via
+    if via == "DriverOpts":
+        return True
+    if not intent.rewritable:
+        return False
+    return via.startswith("HostConfig.Binds[") or (
+        via.startswith("HostConfig.Mounts[") and via.endswith("].Source")
+    )
+
+
+def _hold_all(intents: tuple[MountIntent, ...]) -> tuple[dict[str, Held], Decision | None]:
+    """In a worker thread: hold every host path in `intents` a user can change."""
+    held: dict[str, Held] = {}
+    try:
+        for intent in intents:
+            if not isinstance(intent, HostPath):
+                continue
+            key = clean_host_path(intent.source)
+            if key in held or not needs_pin(intent.source):
+                continue
+            if not _pinnable(intent):
+                release_all(held.values())
+                return {}, deny(
+                    403,
+                    f"the host path {intent.source} ({intent.via}) can be changed by a user "
+                    "other than root, so eci-agent must hold it still, which it can only do "
+                    "for a bind given in HostConfig.Binds or HostConfig.Mounts (docker run -v "
+                    "or --mount type=bind) or a volume's device option",
+                    "unpinnable-bind",
+                )
+            make = intent.via.startswith("HostConfig.Binds[")  # the engine makes it, as root
+            held[key] = hold(intent.source, make_missing=make)
+    except MissingSource as err:
+        release_all(held.values())
+        return {}, bad_request(f'invalid mount config for type "bind": {err}')
+    except PinError as err:
+        release_all(held.values())
+        return {}, deny(403, str(err), "unpinnable-bind")
+    return held, None
+
+
+def _pin_all(board: PinBoard, wanted: list[Held]) -> dict[str, str] | Decision:
+    """In a worker thread: pin each held file; all or none."""
+    made = []
+    try:
+        for h in wanted:
+            made.append((clean_host_path(h.source), board.pin(h)))
+    except PinError as err:
+        for _, record in made:
+            try:
+                board.release(record)
+            except OSError as release_err:
+                log.warning("pins: cannot undo %s: %s", record.pin, release_err)
+        return deny(403, str(err), "unpinnable-bind")
+    return {key: record.pin for key, record in made}

@@ -54,10 +54,11 @@ from tests.e2e.test_socket_mount import _raw
 
 pytestmark = pytest.mark.engine
 
-#: Known and open (session 7): the engine resolves a bind's source path again each time it
-#: mounts it (a start, a restart it makes by itself, a swarm task, `docker cp`), after the
-#: agent judged it. Strict: each test fails once the bypass is closed, so the mark goes then.
-OPEN_TOCTOU = "open: a bind source changed after the agent judged it (session 7 review)"
+#: The owner of the folders the bind-swap attacks use: a user other than root (nobody), as
+#: only a folder such a user can change lets the attack happen at all. The engine resolves a
+#: bind's source again at each mount (a start, a restart it makes by itself, a swarm task,
+#: `docker cp`); closed in session 8 by pinning what was judged (agent.pins).
+USER_UID = 65534
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -241,6 +242,9 @@ def _benign_link(tmp_path: Path, folder: bool = False) -> tuple[Path, Path]:
     link = tmp_path / "link"
     link.symlink_to(benign)
     os.chmod(tmp_path, 0o755)
+    # The user's own folder (the attack needs one): root swapping the link below stands for
+    # that user, and the agent must pin what it judged.
+    os.chown(tmp_path, USER_UID, USER_UID)
     return benign, link
 
 
@@ -260,7 +264,6 @@ def _got_socket(direct: Any, name: str, version: str, wait: float = 25.0) -> str
     return None
 
 
-@pytest.mark.xfail(strict=True, reason=OPEN_TOCTOU)
 @pytest.mark.parametrize("how", ["run-restart-always", "update-restart-on-failure"])
 def test_a_restart_policy_does_not_remount_a_swapped_symlink(
     how, via_agent, direct, stack, name, tmp_path
@@ -289,7 +292,6 @@ def test_a_restart_policy_does_not_remount_a_swapped_symlink(
         direct("rm", "-f", name)
 
 
-@pytest.mark.xfail(strict=True, reason=OPEN_TOCTOU)
 def test_a_swarm_task_replaced_by_the_orchestrator_does_not_remount_a_swapped_symlink(
     agent, swarm, direct, stack, name, tmp_path
 ):
@@ -438,7 +440,6 @@ def test_a_restart_policy_set_through_the_agent_does_not_start_a_refused_contain
 # -- 3. the start check races the engine's own mount ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=OPEN_TOCTOU)
 def test_a_symlink_flipped_during_start_never_gives_the_socket(
     via_agent, direct, stack, name, tmp_path
 ):

@@ -1,0 +1,299 @@
+"""Holding a bind source open, pinning it at a root-only path, and the pins' life cycle.
+
+Blocking file-system work throughout (a client's path may be on a slow mount): the gate calls
+it in a worker thread. Linux only (mount(2)); the agent runs as root there.
+
+- `hold(source)`: open the path once (`O_PATH`, following links as the engine's mount does).
+  What the fd is, not what the path says a moment later, is judged.
+- `PinBoard.pin(held)`: bind-mount that open file at `<pins>/<token>` (a folder only root can
+  change), with a record in the state folder naming the source, its inode and when.
+- `PinBoard.sweep(referenced)`: pins no container, service or volume names any more are
+  unmounted and forgotten (young ones are kept: their create may still be on its way).
+- `PinBoard.restore()`: after a reboot (the pins live under /run), each recorded pin is mounted
+  again, but only if its source still leads to the very same file (device and inode): what
+  was judged. Anything else stays unpinned, and the engine then finds an empty folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import json
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.policy.mounts import ResolvedPath, clean_host_path, parse_mountinfo
+from agent.proxy.host_paths import only_root_can_change
+
+log = logging.getLogger(__name__)
+
+MS_BIND = 4096
+MS_REC = 16384
+MNT_DETACH = 2
+#: A pin younger than this is never swept: the create it was made for may still be on its way.
+SWEEP_GRACE = 120.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class PinError(Exception):
+    """A bind source that cannot be held or pinned; the message says what to do."""
+
+
+class MissingSource(PinError):
+    """The bind source does not exist (and was not to be made)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A bind source opened once: `found` describes the open file, `fd` keeps it."""
+
+    source: str
+    fd: int
+    found: ResolvedPath
+
+
+@dataclass(frozen=True, slots=True)
+class PinRecord:
+    token: str
+    pin: str  # the path the engine is given
+    source: str  # the path the client gave
+    resolved: str  # where it led when pinned
+    inode: tuple[int, int]
+    is_dir: bool
+    made: float
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PinRecord:
+        raw = json.loads(text)
+        return cls(
+            token=str(raw["token"]),
+            pin=str(raw["pin"]),
+            source=str(raw["source"]),
+            resolved=str(raw["resolved"]),
+            inode=(int(raw["inode"][0]), int(raw["inode"][1])),
+            is_dir=bool(raw["is_dir"]),
+            made=float(raw["made"]),
+        )
+
+
+def needs_pin(source: str) -> bool:
+    """Whether someone other than root could change where `source` leads (see
+    `only_root_can_change`): only such a source is held and pinned."""
+    return not only_root_can_change(source)
+
+
+def hold(source: str, *, make_missing: bool) -> Held:
+    """Open `source` (links followed) and describe the open file.
+
+    `make_missing`: create a missing folder as the engine does for a `Binds` entry (root's,
+    0755, parents too) rather than raise `MissingSource`.
+    """
+    path = clean_host_path(source)
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not make_missing:
+            raise MissingSource(f"bind source path does not exist: {source}") from None
+        try:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as err:
+            raise PinError(f"cannot create the bind source {source}: {err.strerror}") from None
+    except OSError as err:
+        raise PinError(f"cannot open the bind source {source}: {err.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        resolved = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as err:
+        os.close(fd)
+        raise PinError(f"cannot read the bind source {source}: {err.strerror}") from None
+    found = ResolvedPath(
+        source,
+        resolved,
+        (st.st_dev, st.st_ino),
+        stat.S_ISSOCK(st.st_mode),
+        stat.S_ISDIR(st.st_mode),
+    )
+    return Held(source, fd, found)
+
+
+def release_all(held: Iterable[Held]) -> None:
+    for h in held:
+        try:
+            os.close(h.fd)
+        except OSError:
+            pass
+
+
+def _mount_fd(fd: int, target: str) -> None:
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC, None):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def _unmount(target: str) -> None:
+    if _libc.umount2(target.encode(), MNT_DETACH):
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
+            raise OSError(err, os.strerror(err), target)
+
+
+def mount_points() -> set[str]:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return set()
+    return {entry.mount_point for entry in parse_mountinfo(text)}
+
+
+class PinBoard:
+    """The pins (mount points under `root`) and their records (JSON files under `records`)."""
+
+    def __init__(self, root: Path, records: Path, grace: float = SWEEP_GRACE) -> None:
+        self.root = root
+        self.records_dir = records
+        self.grace = grace
+
+    def _ready(self) -> None:
+        for folder in (self.root, self.records_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(folder, 0o700)
+
+    def pin(self, held: Held, now: float | None = None) -> PinRecord:
+        """Mount the held file at a new pin path, recorded first (a crash leaves a record the
+        sweep finds, never a mount no one knows of)."""
+        self._ready()
+        token = secrets.token_hex(12)
+        target = self.root / token
+        found = held.found
+        assert found.inode is not None
+        record = PinRecord(
+            token=token,
+            pin=str(target),
+            source=held.source,
+            resolved=found.resolved,
+            inode=found.inode,
+            is_dir=found.is_dir,
+            made=time.time() if now is None else now,
+        )
+        self._write(record)
+        try:
+            self._make_target(target, found.is_dir)
+            _mount_fd(held.fd, str(target))
+        except OSError as err:
+            self._forget(record)
+            raise PinError(
+                f"cannot pin the bind source {held.source} (eci-agent holds a source a user "
+                f"can change still with a bind mount, which needs root): {err.strerror}"
+            ) from None
+        return record
+
+    def records(self) -> list[PinRecord]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.records_dir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                out.append(PinRecord.from_json((self.records_dir / name).read_text()))
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+                log.warning("pins: unreadable record %s: %s", name, err)
+        return out
+
+    def sweep(self, referenced: set[str], now: float | None = None) -> list[PinRecord]:
+        """Unmount and forget the pins older than `grace` seconds that `referenced` (every
+        source path the engine's containers, services and volumes name) does not hold."""
+        now = time.time() if now is None else now
+        gone = []
+        for record in self.records():
+            if record.pin in referenced or now - record.made < self.grace:
+                continue
+            try:
+                self.release(record)
+            except OSError as err:
+                log.warning("pins: cannot unmount %s: %s", record.pin, err)
+                continue
+            gone.append(record)
+        return gone
+
+    def release(self, record: PinRecord) -> None:
+        _unmount(record.pin)
+        self._forget(record)
+
+    def restore(self) -> list[tuple[PinRecord, str | None]]:
+        """Mount every recorded pin that is not mounted, if its source still leads to the
+        file that was pinned. Returns each record with None (in place) or why not."""
+        self._ready()
+        mounted = mount_points()
+        out: list[tuple[PinRecord, str | None]] = []
+        for record in self.records():
+            if record.pin in mounted:
+                out.append((record, None))
+                continue
+            try:
+                held = hold(record.source, make_missing=False)
+            except PinError as err:
+                out.append((record, str(err)))
+                continue
+            try:
+                if held.found.inode != record.inode or held.found.is_dir != record.is_dir:
+                    out.append((record, f"{record.source} now leads to another file"))
+                    continue
+                self._make_target(Path(record.pin), record.is_dir)
+                _mount_fd(held.fd, record.pin)
+                out.append((record, None))
+            except OSError as err:
+                out.append((record, f"cannot mount: {err.strerror}"))
+            finally:
+                release_all([held])
+        return out
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _make_target(self, target: Path, is_dir: bool) -> None:
+        if is_dir:
+            target.mkdir(mode=0o700, exist_ok=True)
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+
+    def _write(self, record: PinRecord) -> None:
+        final = self.records_dir / f"{record.token}.json"
+        tmp = final.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(record.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def _forget(self, record: PinRecord) -> None:
+        target = Path(record.pin)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()
+            else:
+                target.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("pins: cannot remove %s: %s", target, err)
+        try:
+            (self.records_dir / f"{record.token}.json").unlink()
+        except FileNotFoundError:
+            pass
