@@ -105,11 +105,7 @@ def hold(source: str, *, make_missing: bool) -> Held:
     except FileNotFoundError:
         if not make_missing:
             raise MissingSource(f"bind source path does not exist: {source}") from None
-        try:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError as err:
-            raise PinError(f"cannot create the bind source {source}: {err.strerror}") from None
+        fd = _make_missing(path, source)
     except OSError as err:
         raise PinError(f"cannot open the bind source {source}: {err.strerror}") from None
     try:
@@ -128,6 +124,52 @@ def hold(source: str, *, make_missing: bool) -> Held:
     return Held(source, fd, found)
 
 
+def _make_missing(path: str, source: str) -> int:
+    """Create the missing folders of `path` as the engine would (root's, 0755), one at a
+    time below the nearest folder that exists, never following a link among the new ones.
+    Only where a user other than root could have made them: inside a folder owned by such a
+    user or writable by others (root's own folders are root's to fill). Returns an O_PATH fd
+    of the last one."""
+    parts = [p for p in path.split("/") if p]
+    missing: list[str] = []
+    while parts:
+        try:
+            fd = os.open("/" + "/".join(parts), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            break
+        except FileNotFoundError:
+            missing.insert(0, parts.pop())
+        except OSError as err:
+            raise PinError(f"cannot create the bind source {source}: {err.strerror}") from None
+    else:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if st.st_uid == 0 and not st.st_mode & 0o022:
+            raise PinError(
+                f"the bind source {source} does not exist, and {where}, where it would be "
+                "made, belongs to root: eci-agent does not make folders there for a client; "
+                "create it first"
+            )
+        for name in missing:
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            nxt = os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            os.close(fd)
+            fd = nxt
+        return fd
+    except OSError as err:
+        os.close(fd)
+        raise PinError(f"cannot create the bind source {source}: {err.strerror}") from None
+    except PinError:
+        os.close(fd)
+        raise
+
+
 def release_all(held: Iterable[Held]) -> None:
     for h in held:
         try:
@@ -142,7 +184,7 @@ def _mount_fd(fd: int, target: str) -> None:
         raise OSError(err, os.strerror(err), target)
 
 
-def _unmount(target: str) -> None:
+def unmount(target: str) -> None:
     if _libc.umount2(target.encode(), MNT_DETACH):
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
@@ -200,6 +242,52 @@ class PinBoard:
             ) from None
         return record
 
+    def record_of(self, pin: str) -> PinRecord | None:
+        """The record of a pin path of this board (None: not one, or not recorded)."""
+        parent, token = os.path.split(clean_host_path(pin))
+        if parent != str(self.root) or not token or token.startswith("."):
+            return None
+        try:
+            return PinRecord.from_json((self.records_dir / f"{token}.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            log.warning("pins: unreadable record of %s: %s", pin, err)
+            return None
+
+    def moved(self, record: PinRecord) -> Held | None:
+        """The file the pin's source leads to now, held, if it is another than the pinned
+        one (None: the same file, or nothing there: the pin stays as it is)."""
+        try:
+            held = hold(record.source, make_missing=False)
+        except PinError:
+            return None
+        if held.found.inode == record.inode and held.found.is_dir == record.is_dir:
+            release_all([held])
+            return None
+        return held
+
+    def repin(self, record: PinRecord, held: Held) -> PinRecord:
+        """Point an existing pin at the held file instead (judged by the caller), as the
+        engine would follow a source that now leads elsewhere."""
+        assert held.found.inode is not None
+        unmount(record.pin)
+        target = Path(record.pin)
+        if held.found.is_dir != record.is_dir:
+            self._remove_target(target)
+        new = dataclasses.replace(
+            record, resolved=held.found.resolved, inode=held.found.inode, is_dir=held.found.is_dir
+        )
+        self._write(new)
+        try:
+            self._make_target(target, new.is_dir)
+            _mount_fd(held.fd, record.pin)
+        except OSError as err:
+            raise PinError(
+                f"cannot pin the bind source {record.source} again: {err.strerror}"
+            ) from None
+        return new
+
     def records(self) -> list[PinRecord]:
         out = []
         try:
@@ -232,7 +320,7 @@ class PinBoard:
         return gone
 
     def release(self, record: PinRecord) -> None:
-        _unmount(record.pin)
+        unmount(record.pin)
         self._forget(record)
 
     def restore(self) -> list[tuple[PinRecord, str | None]]:
@@ -283,7 +371,13 @@ class PinBoard:
         os.replace(tmp, final)
 
     def _forget(self, record: PinRecord) -> None:
-        target = Path(record.pin)
+        self._remove_target(Path(record.pin))
+        try:
+            (self.records_dir / f"{record.token}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def _remove_target(self, target: Path) -> None:
         try:
             if target.is_dir() and not target.is_symlink():
                 target.rmdir()
@@ -293,7 +387,3 @@ class PinBoard:
             pass
         except OSError as err:
             log.warning("pins: cannot remove %s: %s", target, err)
-        try:
-            (self.records_dir / f"{record.token}.json").unlink()
-        except FileNotFoundError:
-            pass

@@ -25,6 +25,7 @@ from agent.pins.board import (
     MissingSource,
     PinBoard,
     PinError,
+    PinRecord,
     hold,
     needs_pin,
     release_all,
@@ -1009,15 +1010,24 @@ class Gate:
             return _no_such_container(name), name
         info, intents = stored
         container_id = info["Id"]
-        facts = await self._host_facts(intents) if intents else None
-        exposures = find_exposures(intents, facts) if facts is not None else ()
-        decision = await self._judge_exposures(info, exposures)
-        if decision.allowed:
-            isolation = await self._judge_start_isolation(name, info, intents, facts)
-            if not isolation.allowed:
-                decision = isolation
-            elif isolation.rule != ALLOW.rule and not exposures:
-                decision = isolation
+        moved = await self._moved_pins(intents)
+        try:
+            # A pin whose source leads elsewhere now is judged as that file (the engine would
+            # follow the path), and pointed at it if the start is allowed.
+            held = {pin: h for pin, (_, h) in moved.items()}
+            facts = await self._host_facts(intents, held) if intents else None
+            exposures = find_exposures(intents, facts) if facts is not None else ()
+            decision = await self._judge_exposures(info, exposures)
+            if decision.allowed:
+                isolation = await self._judge_start_isolation(name, info, intents, facts)
+                if not isolation.allowed:
+                    decision = isolation
+                elif isolation.rule != ALLOW.rule and not exposures:
+                    decision = isolation
+            if decision.allowed and moved:
+                decision = await self._repin(moved) or decision
+        finally:
+            release_all(h for _, h in moved.values())
         if (
             removing
             and not decision.allowed
@@ -1073,19 +1083,26 @@ class Gate:
         container_id = info["Id"]
         if not intents:
             return ALLOW, container_id
-        host = await self._host_facts(intents)
-        decision = await self._judge_exposures(info, find_exposures(intents, host))
-        if not decision.allowed:
-            return decision, container_id
-        facts = await self._isolation_facts(intents, host, set())
-        decision = decide_violations(
-            self.config.current().settings,
-            mount_violations(intents, facts),
-            image_text=(info.get("Config") or {}).get("Image") or "",
-            settings_where=self.config.settings_where(),
-            subject="copy to or from container",
-            rule="isolation-archive",
-        )
+        moved = await self._moved_pins(intents)
+        try:
+            held = {pin: h for pin, (_, h) in moved.items()}
+            host = await self._host_facts(intents, held)
+            decision = await self._judge_exposures(info, find_exposures(intents, host))
+            if not decision.allowed:
+                return decision, container_id
+            facts = await self._isolation_facts(intents, host, set())
+            decision = decide_violations(
+                self.config.current().settings,
+                mount_violations(intents, facts),
+                image_text=(info.get("Config") or {}).get("Image") or "",
+                settings_where=self.config.settings_where(),
+                subject="copy to or from container",
+                rule="isolation-archive",
+            )
+            if decision.allowed and moved:
+                decision = await self._repin(moved) or decision
+        finally:
+            release_all(h for _, h in moved.values())
         return decision, container_id
 
     async def _judge_plugin_enable(self, name: str) -> tuple[Decision, str]:
@@ -1596,6 +1613,34 @@ class Gate:
             return {}
         return await asyncio.to_thread(_pin_all, board, wanted)
 
+    async def _moved_pins(
+        self, intents: tuple[MountIntent, ...]
+    ) -> dict[str, tuple[PinRecord, Held]]:
+        """A stored container's pins whose source leads to another file now, held."""
+        board = self.config.pins
+        if board is None:
+            return {}
+        below = str(board.root) + "/"
+        pins = {
+            clean_host_path(i.source)
+            for i in intents
+            if isinstance(i, HostPath) and clean_host_path(i.source).startswith(below)
+        }
+        if not pins:
+            return {}
+        return await asyncio.to_thread(_moved_pins, board, pins)
+
+    async def _repin(self, moved: dict[str, tuple[PinRecord, Held]]) -> Decision | None:
+        """Point each moved pin at the file it was judged as now (None: done)."""
+        board = self.config.pins
+        assert board is not None
+        try:
+            for record, held in moved.values():
+                await asyncio.to_thread(board.repin, record, held)
+        except PinError as err:
+            return deny(403, str(err), "unpinnable-bind")
+        return None
+
     async def _host_facts(
         self, intents: tuple[MountIntent, ...], held: dict[str, Held] | None = None
     ) -> HostFacts:
@@ -1986,6 +2031,17 @@ def _hold_all(intents: tuple[MountIntent, ...]) -> tuple[dict[str, Held], Decisi
         release_all(held.values())
         return {}, deny(403, str(err), "unpinnable-bind")
     return held, None
+
+
+def _moved_pins(board: PinBoard, pins: set[str]) -> dict[str, tuple[PinRecord, Held]]:
+    """In a worker thread: see `Gate._moved_pins`."""
+    out: dict[str, tuple[PinRecord, Held]] = {}
+    for pin in sorted(pins):
+        record = board.record_of(pin)
+        held = board.moved(record) if record is not None else None
+        if record is not None and held is not None:
+            out[pin] = (record, held)
+    return out
 
 
 def _pin_all(board: PinBoard, wanted: list[Held]) -> dict[str, str] | Decision:

@@ -150,7 +150,10 @@ class AgentProcess:
             time.sleep(0.02)
         raise AssertionError(f"the agent did not apply settings {sha}:\n{self.log()[before:]}")
 
-    def stop(self) -> int | None:
+    def stop(self, unpin: bool = True) -> int | None:
+        """SIGTERM, and (`unpin`) the pins it left unmounted: the agent keeps them for the
+        containers using them, but a test's folders must not stay mounted (nor be removed
+        through a mount later)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -160,7 +163,26 @@ class AgentProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if unpin:
+            self.unpin()
         return self.proc.returncode
+
+    @property
+    def pins_dir(self) -> Path:
+        return self.runtime_dir / "pins"
+
+    def pinned(self) -> list[str]:
+        """The pin mount points this agent has now (from the mount table)."""
+        from agent.pins.board import mount_points
+
+        below = str(self.pins_dir) + "/"
+        return sorted(p for p in mount_points() if p.startswith(below))
+
+    def unpin(self) -> None:
+        from agent.pins.board import unmount
+
+        for pin in self.pinned():
+            unmount(pin)
 
 
 REPO = Path(__file__).resolve().parents[2]
