@@ -1,0 +1,109 @@
+"""The gate's pin helpers: which host paths are held, where a pin replaces them in a body."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.pins.board import release_all
+from agent.policy import gojson
+from agent.policy.gojson import GoObject
+from agent.policy.mounts import HostPath, create_mounts
+from agent.proxy.gate import _hold_all, _pin_map, _pinnable, _rewrite_sources
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    ("intent", "expected"),
+    [
+        (HostPath("/h/x", "HostConfig.Binds[0]"), True),
+        (HostPath("/h/x", "HostConfig.Mounts[2].Source"), True),
+        (HostPath("/h/x", "DriverOpts", rewritable=False), True),
+        (HostPath("/h/x", "(top level).Binds[0]", rewritable=False), False),
+        (HostPath("/h/x", "Volumes['/h/x:/d']", rewritable=False), False),
+        (HostPath("/h/x", "HostConfig.Mounts[0].VolumeOptions.DriverConfig", False), False),
+        (HostPath("/h/x", "HostConfig.Binds[0]", rewritable=False), False),
+    ],
+    ids=["binds", "mounts", "volume-device", "top-level", "legacy-volumes", "inline-device",
+         "not-rewritable"],
+)  # fmt: skip
+def test_where_a_pin_can_replace_a_host_path(intent, expected):
+    assert _pinnable(intent) is expected
+
+
+def _doc(text: str) -> GoObject:
+    doc = gojson.loads(text)
+    assert isinstance(doc, GoObject)
+    return doc
+
+
+def test_rewrite_sources_replaces_binds_and_bind_mounts_only():
+    hc = _doc(
+        '{"Binds": ["/h/a:/d:ro", "/h/b:/e", "named:/f", null],'
+        ' "Mounts": [{"Type": "bind", "Source": "/h/a", "Target": "/g"},'
+        ' {"Type": "volume", "Source": "/h/a", "Target": "/v"}]}'
+    )
+    out = gojson.to_plain(_rewrite_sources(hc, {"/h/a": "/pins/1"}))
+    assert out["Binds"] == ["/pins/1:/d:ro", "/h/b:/e", "named:/f", None]
+    assert out["Mounts"][0]["Source"] == "/pins/1"
+    assert out["Mounts"][1]["Source"] == "/h/a", "a volume's name is no bind source"
+
+
+def test_rewrite_sources_writes_the_merged_view_once():
+    """`binds` and `Binds` are one field to the engine (the last wins): written once."""
+    hc = _doc('{"binds": ["/h/x:/y"], "Binds": ["/h/a:/d"]}')
+    out = gojson.dumps(_rewrite_sources(hc, {"/h/a": "/pins/1"}))
+    assert gojson.to_plain(gojson.loads(out)) == {"Binds": ["/pins/1:/d"]}
+
+
+def test_pin_map_maps_each_written_form_to_the_pin_of_its_clean_path():
+    intents = (HostPath("/h/a/", "HostConfig.Binds[0]"), HostPath("/h//a", "HostConfig.Binds[1]"),
+               HostPath("/h/b", "HostConfig.Binds[2]"))  # fmt: skip
+    assert _pin_map(intents, {"/h/a": "/pins/1"}) == {"/h/a/": "/pins/1", "/h//a": "/pins/1"}
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> Path:
+    os.chmod(tmp_path, 0o755)
+    home = tmp_path / "home"
+    (home / "p").mkdir(parents=True)
+    os.chown(home, NOBODY, NOBODY)
+    return home
+
+
+def _create(binds: str = "[]", mounts: str = "[]", top: str = "") -> tuple:
+    body = _doc(f'{{"Image": "x", {top} "HostConfig": {{"Binds": {binds}, "Mounts": {mounts}}}}}')
+    return create_mounts(body)
+
+
+def test_hold_all_holds_what_a_user_can_change_once(user, tmp_path):
+    intents = _create(f'["{user}/p:/a", "{user}/p/:/b", "{tmp_path}:/c"]')
+    held, refused = _hold_all(intents)
+    try:
+        assert refused is None
+        assert list(held) == [f"{user}/p"], "the root-held folder is given as it is"
+    finally:
+        release_all(held.values())
+
+
+def test_hold_all_refuses_what_it_cannot_pin(user):
+    intents = create_mounts(_doc(f'{{"Image": "x", "Binds": ["{user}/p:/d"]}}'))
+    held, refused = _hold_all(intents)
+    assert held == {} and refused is not None
+    assert (refused.status, refused.rule) == (403, "unpinnable-bind")
+
+
+def test_hold_all_answers_a_missing_mount_source_as_the_engine_would(user):
+    held, refused = _hold_all(_create(mounts=f'[{{"Type": "bind", "Source": "{user}/no", '
+                                             '"Target": "/d"}]'))  # fmt: skip
+    assert held == {} and refused is not None and refused.status == 400
+    words = f'invalid mount config for type "bind": bind source path does not exist: {user}/no'
+    assert refused.message.endswith(words), refused.message
+    held, refused = _hold_all(_create(binds=f'["{user}/no:/d"]'))
+    try:
+        assert refused is None and list(held) == [f"{user}/no"], "Binds: made, as the engine does"
+    finally:
+        release_all(held.values())
