@@ -252,6 +252,7 @@ async def _serve(args: argparse.Namespace) -> int:
             registry=digests,
             events=services.store,
             pins=pins,
+            state_dir=str(state_dir),
         )
     )
     services.attach_gate(gate)

@@ -40,7 +40,15 @@ MNT_DETACH = 2
 #: A pin younger than this is never swept: the create it was made for may still be on its way.
 SWEEP_GRACE = 120.0
 
+#: Pins kept at most (each is a mount; the host's mount table is bounded, fs.mount-max).
+MAX_PINS = 4096
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _is_at_or_below(path: str, folder: str) -> bool:
+    path, folder = clean_host_path(path), clean_host_path(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 class PinError(Exception):
@@ -217,9 +225,17 @@ class PinBoard:
         """Mount the held file at a new pin path, recorded first (a crash leaves a record the
         sweep finds, never a mount no one knows of)."""
         self._ready()
+        root = str(self.root)
+        found = held.found
+        if any(_is_at_or_below(a, b) for a, b in ((found.resolved, root), (root, found.resolved))):
+            raise PinError(f"{held.source} is, or holds, eci-agent's pins folder: never pinned")
+        if len(os.listdir(self.records_dir)) >= MAX_PINS:
+            raise PinError(
+                f"eci-agent holds {MAX_PINS} pins already (each a mount on the host); remove "
+                "containers, services or volumes that bind folders users can change"
+            )
         token = secrets.token_hex(12)
         target = self.root / token
-        found = held.found
         assert found.inode is not None
         record = PinRecord(
             token=token,

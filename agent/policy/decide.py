@@ -76,6 +76,9 @@ class Decision:
     #: client's request head byte for byte equal to this one gets the same answer under any
     #: settings, so the proxy may remember it (`agent.proxy.connection.KnownHeads`).
     by_route: bool = False
+    #: The pins this request was forwarded with (agent.pins): released at once if the engine
+    #: refuses it (an answer of 300 or more), rather than at the next sweep.
+    pins: tuple[str, ...] = ()
 
 
 ALLOW = Decision(True, rule="pass")

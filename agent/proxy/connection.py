@@ -186,6 +186,13 @@ class Verify:
 
 
 @dataclass(frozen=True, slots=True)
+class Unpin:
+    """The engine refused a request forwarded with pins: release them."""
+
+    pins: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Splice:
     pass
 
@@ -237,6 +244,7 @@ Command = (
     | Verify
     | Splice
     | StreamRefused
+    | Unpin
     | ShutdownEngine
     | ShutdownClient
     | CloseEngine
@@ -1301,6 +1309,9 @@ class ProxyConnection:
                 else:
                     resp.head = data[head_start:pos]
                 action = self._on_response_head(resp, ex)
+                decision = ex.decision
+                if decision is not None and decision.pins and resp.status >= 300:
+                    out.append(Unpin(decision.pins))
                 if action == _PASS:
                     if pieces:
                         out.append(SendClient(resp.head))

@@ -251,6 +251,8 @@ class GateConfig:
     events: EventStore | None = None  # where denials are stored (the log line is kept too)
     #: Where bind sources a user can change are pinned (None: not pinned, e.g. unit tests).
     pins: PinBoard | None = None
+    #: The agent's state folder (events, registry credentials, pin records): never bound.
+    state_dir: str | None = None
 
 
 def _form_encoded(head: RequestHead) -> bool:
@@ -399,6 +401,12 @@ class Gate:
                 return _audited(decision), body
             self._record(request, decision, peer, effective)
         return decision, body
+
+    def unpin(self, pins: tuple[str, ...]) -> None:
+        """The engine refused a request forwarded with these pins: release them now."""
+        board = self.config.pins
+        if board is not None:
+            self._background(asyncio.to_thread(_release_pins, board, pins))
 
     def stream_refused(self, refused: StreamRefused, peer: Peer) -> None:
         """A BuildKit request inside /grpc asked for host powers: record it (the connection
@@ -1024,8 +1032,8 @@ class Gate:
                     decision = isolation
                 elif isolation.rule != ALLOW.rule and not exposures:
                     decision = isolation
-            if decision.allowed and moved:
-                decision = await self._repin(moved) or decision
+            if decision.allowed and moved and facts is not None:
+                decision = await self._repin(moved, facts) or decision
         finally:
             release_all(h for _, h in moved.values())
         if (
@@ -1100,7 +1108,7 @@ class Gate:
                 rule="isolation-archive",
             )
             if decision.allowed and moved:
-                decision = await self._repin(moved) or decision
+                decision = await self._repin(moved, host) or decision
         finally:
             release_all(h for _, h in moved.values())
         return decision, container_id
@@ -1157,8 +1165,8 @@ class Gate:
             return refused, None
         try:
             device = mount.source
-            facts = await self._host_paths({device}, held)
-            hit = exposed_socket(facts.paths[device], facts.protected)
+            host = await self._host_paths({device}, held)
+            hit = exposed_socket(host.paths[device], host.protected)
             if hit is not None:
                 return deny(
                     403,
@@ -1166,8 +1174,17 @@ class Gate:
                     f"{hit[0].path}; volumes cannot carry the engine socket",
                     "volume-socket",
                 ), None
-            if not held:
-                return ALLOW, None
+            facts = await self._isolation_facts((mount,), host, set())
+            decision = decide_violations(
+                self.config.current().settings,
+                mount_violations((mount,), facts),
+                image_text="",
+                settings_where=self.config.settings_where(),
+                subject="volume",
+                rule="isolation-volume",
+            )
+            if not decision.allowed or not held:
+                return decision, None
             pins = await self._pin_held(held, set())
         finally:
             release_all(held.values())
@@ -1562,6 +1579,11 @@ class Gate:
             folders.append((os.path.dirname(sock), "engine socket folder", False))
         for sock in (*self.config.listen_sockets, self.config.container_socket):
             folders.append((os.path.dirname(sock), "eci-agent socket folder", False))
+        if self.config.state_dir:
+            folders.append((self.config.state_dir, "eci-agent state folder", True))
+        if self.config.pins is not None:
+            # The folder (and those above it); a pin inside is judged as what it holds.
+            folders.append((str(self.config.pins.root), "eci-agent pins folder", False))
         out: list[SensitivePath] = []
         seen: set[str] = set()
         for path, label, inside in folders:
@@ -1602,7 +1624,7 @@ class Gate:
         is the file then pinned (see agent.pins). Returns them by cleaned path, or a refusal."""
         if self.config.pins is None or not any(isinstance(i, HostPath) for i in intents):
             return {}, None
-        return await asyncio.to_thread(_hold_all, intents)
+        return await asyncio.to_thread(_hold_all, intents, str(self.config.pins.root))
 
     async def _pin_held(self, held: dict[str, Held], skip: set[str]) -> dict[str, str] | Decision:
         """Pin each held source (but those in `skip`): cleaned path -> pin path."""
@@ -1630,10 +1652,34 @@ class Gate:
             return {}
         return await asyncio.to_thread(_moved_pins, board, pins)
 
-    async def _repin(self, moved: dict[str, tuple[PinRecord, Held]]) -> Decision | None:
-        """Point each moved pin at the file it was judged as now (None: done)."""
+    async def _repin(
+        self, moved: dict[str, tuple[PinRecord, Held]], host: HostFacts
+    ) -> Decision | None:
+        """Point each moved pin at the file its source leads to now (None: done), if any
+        container may mount that file: no socket (not even the container-facing one) and no
+        sensitive path, whatever the image and its exceptions, as other containers may name
+        the same pin (`--volumes-from`) and the engine restarts them by itself."""
         board = self.config.pins
         assert board is not None
+        intents = tuple(HostPath(pin, f"the bind of {r.source}") for pin, (r, _) in moved.items())
+        sources = {pin: r.source for pin, (r, _) in moved.items()}
+        for exposure in find_exposures(intents, host):
+            return deny(
+                403,
+                f"the bind source {sources.get(exposure.source, exposure.source)} now leads to "
+                f"the {exposure.socket.label} {exposure.socket.path}; eci-agent keeps the file it "
+                "was pinned as (remove the container and create it again to change it)",
+                "repin-refused",
+            )
+        facts = await self._isolation_facts(intents, host, set())
+        for violation in mount_violations(intents, facts):
+            return deny(
+                403,
+                f"{violation.via} now leads to a path no container may mount: {violation.why}; "
+                "eci-agent keeps the file it was pinned as (remove the container and create it "
+                "again to change it)",
+                "repin-refused",
+            )
         try:
             for record, held in moved.values():
                 await asyncio.to_thread(board.repin, record, held)
@@ -1688,11 +1734,13 @@ class Gate:
                 paths.update(await asyncio.to_thread(resolve_all, other))
         else:
             table, protected, paths = await asyncio.to_thread(self._all_host_paths, needed)
-        return HostFacts(
-            protected,
-            {**{p: paths[p] for p in needed}, **pinned},
-            procfs=procfs_mount_points(table),
-        )
+        found = {p: paths[p] for p in needed}
+        if self.config.pins is not None:
+            below = str(self.config.pins.root) + "/"
+            ours = [p for p, r in found.items() if clean_host_path(r.resolved).startswith(below)]
+            if ours:
+                found.update(await asyncio.to_thread(_as_pinned, self.config.pins, ours, found))
+        return HostFacts(protected, {**found, **pinned}, procfs=procfs_mount_points(table))
 
     async def _volume(self, name: str) -> VolumeFact:
         try:
@@ -1986,7 +2034,11 @@ def _pin_map(intents: Iterable[MountIntent], pins: Mapping[str, str]) -> dict[st
 
 
 def _with_pins(decision: Decision, pins: Mapping[str, str]) -> Decision:
-    return dataclasses.replace(decision, details={**decision.details, "pinned": str(len(pins))})
+    return dataclasses.replace(
+        decision,
+        details={**decision.details, "pinned": str(len(pins))},
+        pins=tuple(sorted(pins.values())),
+    )
 
 
 #: Where a held host path can be replaced by its pin: a bind's source in `Binds` or in
@@ -2002,16 +2054,41 @@ def _pinnable(intent: HostPath) -> bool:
     )
 
 
-def _hold_all(intents: tuple[MountIntent, ...]) -> tuple[dict[str, Held], Decision | None]:
-    """In a worker thread: hold every host path in `intents` a user can change."""
+#: Pins one request may ask for (each is a mount on the host: bounded).
+MAX_PINS_PER_REQUEST = 64
+
+
+def _inside(path: str, folder: str) -> bool:
+    path = clean_host_path(path)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _hold_all(
+    intents: tuple[MountIntent, ...], pins_root: str
+) -> tuple[dict[str, Held], Decision | None]:
+    """In a worker thread: hold every host path in `intents` a user can change. A path that
+    is, or leads into, one of the agent's pins is refused: a pin is the agent's own, made for
+    one bind (and re-pointed on that container's starts)."""
     held: dict[str, Held] = {}
     try:
         for intent in intents:
             if not isinstance(intent, HostPath):
                 continue
             key = clean_host_path(intent.source)
+            if _inside(key, pins_root) or _inside(os.path.realpath(key), pins_root):
+                release_all(held.values())
+                return {}, _names_a_pin(intent)
             if key in held or not needs_pin(intent.source):
                 continue
+            if len(held) >= MAX_PINS_PER_REQUEST:
+                release_all(held.values())
+                return {}, deny(
+                    403,
+                    f"more than {MAX_PINS_PER_REQUEST} bind sources a user other than root "
+                    "can change in one request; eci-agent pins each with a mount and bounds "
+                    "how many one request makes",
+                    "too-many-pins",
+                )
             if not _pinnable(intent):
                 release_all(held.values())
                 return {}, deny(
@@ -2023,7 +2100,10 @@ def _hold_all(intents: tuple[MountIntent, ...]) -> tuple[dict[str, Held], Decisi
                     "unpinnable-bind",
                 )
             make = intent.via.startswith("HostConfig.Binds[")  # the engine makes it, as root
-            held[key] = hold(intent.source, make_missing=make)
+            held[key] = h = hold(intent.source, make_missing=make)
+            if _inside(h.found.resolved, pins_root):
+                release_all(held.values())
+                return {}, _names_a_pin(intent)
     except MissingSource as err:
         release_all(held.values())
         return {}, bad_request(f'invalid mount config for type "bind": {err}')
@@ -2031,6 +2111,23 @@ def _hold_all(intents: tuple[MountIntent, ...]) -> tuple[dict[str, Held], Decisi
         release_all(held.values())
         return {}, deny(403, str(err), "unpinnable-bind")
     return held, None
+
+
+def _as_pinned(
+    board: PinBoard, paths: list[str], found: Mapping[str, ResolvedPath]
+) -> dict[str, ResolvedPath]:
+    """In a worker thread: a path leading to one of our pins, judged as the file it holds
+    (resolved as it was when pinned, so `/etc/x` held at a pin is still inside `/etc`). One
+    without a record is judged as its own path."""
+    out = {}
+    for p in paths:
+        inside = clean_host_path(found[p].resolved)[len(str(board.root)) + 1 :]
+        token, _, rest = inside.partition("/")
+        record = board.record_of(os.path.join(board.root, token))
+        if record is not None:
+            resolved = os.path.join(record.resolved, rest) if rest else record.resolved
+            out[p] = dataclasses.replace(found[p], resolved=resolved)
+    return out
 
 
 def _moved_pins(board: PinBoard, pins: set[str]) -> dict[str, tuple[PinRecord, Held]]:
@@ -2042,6 +2139,26 @@ def _moved_pins(board: PinBoard, pins: set[str]) -> dict[str, tuple[PinRecord, H
         if record is not None and held is not None:
             out[pin] = (record, held)
     return out
+
+
+def _release_pins(board: PinBoard, pins: tuple[str, ...]) -> None:
+    for pin in pins:
+        record = board.record_of(pin)
+        if record is None:
+            continue
+        try:
+            board.release(record)
+        except OSError as err:
+            log.warning("pins: cannot release %s: %s", pin, err)
+
+
+def _names_a_pin(intent: HostPath) -> Decision:
+    return deny(
+        403,
+        f"{intent.source} ({intent.via}) is, or leads into, a pin eci-agent made for another "
+        "bind; bind the folder or file it holds itself (eci-agent pins list names it)",
+        "names-a-pin",
+    )
 
 
 def _pin_all(board: PinBoard, wanted: list[Held]) -> dict[str, str] | Decision:

@@ -88,18 +88,20 @@ def _read_all(fd: int) -> bytes:
 
 def only_root_can_change(path: str) -> bool:
     """Whether no one but root can change where `path` leads, so that resolving it cannot be
-    made to block (a FUSE or network mount slipped in) by anyone else: every folder and link
-    on the way, as written and as resolved, is owned by root, and no folder is writable by
-    others unless it is sticky (others then cannot move or replace root's entries in it).
-    The file itself, or the folders from some point on, may be missing. Blocks like any path
-    walk: ask it off the loop."""
+    made to block (a FUSE or network mount slipped in) by anyone else, nor lead elsewhere
+    later: every folder and link on the way, as written and as resolved, is owned by root, no
+    folder is writable by others unless it is sticky (others then cannot move or replace
+    root's entries in it), and the last name, in a folder others may write to, is root's too
+    (in a sticky folder its owner may replace it). The file itself, or the folders from some
+    point on, may be missing. Blocks like any path walk: ask it off the loop."""
     return all(_root_held(chain) for chain in (path, os.path.realpath(path)))
 
 
 def _root_held(path: str) -> bool:
-    parts = [p for p in os.path.normpath(path).split("/") if p][:-1]  # the folders on the way
+    names = [p for p in os.path.normpath(path).split("/") if p]
     current = "/"
-    for part in ["", *parts]:
+    shared = False  # whether the folder `current` is in may be written to by others
+    for i, part in enumerate(["", *names]):
         current = os.path.join(current, part) if part else current
         try:
             st = os.lstat(current)
@@ -107,14 +109,18 @@ def _root_held(path: str) -> bool:
             return True  # made later, if at all, in a folder only root can write to
         except OSError:
             return False
+        if i == len(names):  # the last name: only who may replace it matters
+            return st.st_uid == 0 or not shared
         if st.st_uid != 0:
             return False
         if stat.S_ISLNK(st.st_mode):
-            continue  # the resolved chain checks where it leads
+            shared = False  # the resolved chain checks where it leads
+            continue
         if not stat.S_ISDIR(st.st_mode):
             return False
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
             return False
+        shared = bool(st.st_mode & 0o022)
     return True
 
 

@@ -42,6 +42,7 @@ from agent.proxy.connection import (
     ShutdownEngine,
     Splice,
     StreamRefused,
+    Unpin,
     Verify,
 )
 from agent.proxy.identity import HOST, Identity, identity_of_pid
@@ -167,6 +168,8 @@ class Gate(Protocol):
     async def judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]: ...
 
     async def verify(self, verify: Verify, peer: Peer) -> tuple[bool, int, str]: ...
+
+    def unpin(self, pins: tuple[str, ...]) -> None: ...
 
     def stream_refused(self, refused: StreamRefused, peer: Peer) -> None: ...
 
@@ -582,6 +585,8 @@ class _Session(asyncio.Protocol):
                     asyncio.get_running_loop().call_soon(self._hand_to_kernel)
             elif type(command) is StreamRefused:
                 self.gate.stream_refused(command, self.peer)
+            elif type(command) is Unpin:
+                self.gate.unpin(command.pins)
             elif type(command) is ShutdownEngine:
                 self.client_done = True
                 engine = self.engine

@@ -340,3 +340,16 @@ def test_pins_come_back_after_a_reboot_only_onto_the_same_file(
         assert _until(lambda: len(own_agent.pinned()) == 1)
     finally:
         direct("rm", "-f", kept, swapped)
+
+
+@pytest.mark.parametrize("what", ["state", "state/pins", "run/pins"])
+def test_the_agents_own_folders_are_never_bound(what, agent, via_agent, direct, stack, name):
+    """The state folder (events, registry credentials, the pins' records, which restore
+    trusts) and the pins folder (every user's pinned folders) stay the agent's."""
+    folder = agent.workdir / what
+    r = via_agent("create", "--name", name, "-v", f"{folder}:/x", stack.images["busybox"], "true")
+    try:
+        assert direct("inspect", name).returncode != 0, f"BYPASS: {name} binds {folder}"
+        assert r.returncode != 0 and "eci-agent" in r.stderr, r.stderr
+    finally:
+        direct("rm", "-f", name)

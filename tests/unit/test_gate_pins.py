@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from agent.policy.mounts import HostPath, create_mounts
 from agent.proxy.gate import _hold_all, _pin_map, _pinnable, _rewrite_sources
 
 NOBODY = 65534
+#: The pins folder `_hold_all` refuses to be named (none exists: nothing here is pinned).
+PINS = "/run/eci-agent-test/pins"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,7 @@ def _create(binds: str = "[]", mounts: str = "[]", top: str = "") -> tuple:
 
 def test_hold_all_holds_what_a_user_can_change_once(user, tmp_path):
     intents = _create(f'["{user}/p:/a", "{user}/p/:/b", "{tmp_path}:/c"]')
-    held, refused = _hold_all(intents)
+    held, refused = _hold_all(intents, PINS)
     try:
         assert refused is None
         assert list(held) == [f"{user}/p"], "the root-held folder is given as it is"
@@ -91,19 +94,49 @@ def test_hold_all_holds_what_a_user_can_change_once(user, tmp_path):
 
 def test_hold_all_refuses_what_it_cannot_pin(user):
     intents = create_mounts(_doc(f'{{"Image": "x", "Binds": ["{user}/p:/d"]}}'))
-    held, refused = _hold_all(intents)
+    held, refused = _hold_all(intents, PINS)
     assert held == {} and refused is not None
     assert (refused.status, refused.rule) == (403, "unpinnable-bind")
 
 
 def test_hold_all_answers_a_missing_mount_source_as_the_engine_would(user):
-    held, refused = _hold_all(_create(mounts=f'[{{"Type": "bind", "Source": "{user}/no", '
-                                             '"Target": "/d"}]'))  # fmt: skip
+    mounts = f'[{{"Type": "bind", "Source": "{user}/no", "Target": "/d"}}]'
+    held, refused = _hold_all(_create(mounts=mounts), PINS)
     assert held == {} and refused is not None and refused.status == 400
     words = f'invalid mount config for type "bind": bind source path does not exist: {user}/no'
     assert refused.message.endswith(words), refused.message
-    held, refused = _hold_all(_create(binds=f'["{user}/no:/d"]'))
+    held, refused = _hold_all(_create(binds=f'["{user}/no:/d"]'), PINS)
     try:
         assert refused is None and list(held) == [f"{user}/no"], "Binds: made, as the engine does"
+    finally:
+        release_all(held.values())
+
+
+@pytest.mark.parametrize(
+    "named",
+    ["{pins}", "{pins}/0123abcd", "{pins}/0123abcd/inside", "{user}/to-pin", "{user}/to-pins/x"],
+)
+def test_hold_all_refuses_a_path_that_is_or_leads_into_a_pin(user, tmp_path, named):
+    pins = tmp_path / "pins"
+    (pins / "0123abcd" / "inside").mkdir(parents=True)
+    (user / "to-pin").symlink_to(pins / "0123abcd")
+    (user / "to-pins").symlink_to(pins)
+    source = named.format(pins=pins, user=user)
+    held, refused = _hold_all(_create(binds=f'["{source}:/d"]'), str(pins))
+    assert held == {} and refused is not None
+    assert (refused.status, refused.rule) == (403, "names-a-pin"), refused.message
+
+
+def test_hold_all_bounds_the_pins_of_one_request(user):
+    from agent.proxy.gate import MAX_PINS_PER_REQUEST
+
+    for i in range(MAX_PINS_PER_REQUEST + 1):
+        (user / "p" / str(i)).mkdir()
+    binds = [f"{user}/p/{i}:/d{i}" for i in range(MAX_PINS_PER_REQUEST + 1)]
+    held, refused = _hold_all(_create(binds=json.dumps(binds)), PINS)
+    assert held == {} and refused is not None and refused.rule == "too-many-pins"
+    held, refused = _hold_all(_create(binds=json.dumps(binds[:-1])), PINS)
+    try:
+        assert refused is None and len(held) == MAX_PINS_PER_REQUEST
     finally:
         release_all(held.values())

@@ -206,3 +206,25 @@ class TestOnlyRootCanChange:
         (tmp_path / "user" / "run").mkdir()
         (tmp_path / "innocent").symlink_to(tmp_path / "user" / "run")
         assert not only_root_can_change(str(tmp_path / "innocent" / "docker.sock"))
+
+    @pytest.mark.parametrize("mode", [0o1777, 0o1770, 0o755])
+    @pytest.mark.parametrize("kind", ["link", "folder", "file"])
+    def test_the_last_name_counts_in_a_folder_others_may_write_to(
+        self, tmp_path: Path, mode: int, kind: str
+    ) -> None:
+        """In a sticky folder others may write to, the owner of the last name may replace
+        it (a link to a harmless folder swapped for one to /etc); in root's own folder not."""
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chmod(shared, mode)
+        (tmp_path / "target").mkdir()
+        last = shared / "mine"
+        if kind == "link":
+            last.symlink_to(tmp_path / "target")
+        elif kind == "folder":
+            last.mkdir()
+        else:
+            last.write_text("")
+        assert only_root_can_change(str(last)), "root's own name: only root may replace it"
+        os.lchown(last, 1000, 1000)
+        assert only_root_can_change(str(last)) is (mode == 0o755)

@@ -19,6 +19,7 @@ from agent.proxy.connection import (
     SendEngine,
     ShutdownEngine,
     Splice,
+    Unpin,
     Verify,
 )
 
@@ -244,6 +245,26 @@ def test_allowed_socket_create_is_held_until_verified() -> None:
     assert not sent_client(cmds), "nothing reaches the client before the check"
     ok = sent_client(c.verified(True))
     assert ok.startswith(b"HTTP/1.1 201 ") and ok.endswith(created)
+
+
+@pytest.mark.parametrize(
+    ("answer", "unpinned"),
+    [
+        (b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\n\r\n{}", True),
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}", True),
+        (b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", False),
+    ],
+    ids=["conflict", "error", "created", "interim"],
+)
+def test_pins_of_a_request_the_engine_refuses_are_released(answer, unpinned) -> None:
+    c = new()
+    c.client_data(b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\n\r\n{}")
+    c.judged(Decision(True, rule="x", pins=("/run/p/a", "/run/p/b")))
+    cmds = c.engine_data(answer)
+    released = [x for x in cmds if isinstance(x, Unpin)]
+    assert released == ([Unpin(("/run/p/a", "/run/p/b"))] if unpinned else [])
+    assert sent_client(cmds) == (answer if not answer.startswith(b"HTTP/1.1 100") else b"")
 
 
 def test_failed_verification_answers_403_instead() -> None:
