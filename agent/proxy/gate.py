@@ -308,6 +308,8 @@ class Gate:
             *((p, "eci-agent socket") for p in config.listen_sockets),
             (config.container_socket, "eci-agent container socket"),
         )
+        #: The protected sockets' paths as written (see `_hold`).
+        self._protected_set = frozenset(p for p, _ in self._protected_paths)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: A create's `Image` text -> (when, the image the engine said it was): see RESOLVED_TTL.
         self._resolved: dict[str, tuple[float, LocalImage]] = {}
@@ -1622,7 +1624,15 @@ class Gate:
     ) -> tuple[dict[str, Held], Decision | None]:
         """Open each host path a user other than root can change, so that what is judged
         is the file then pinned (see agent.pins). Returns them by cleaned path, or a refusal."""
-        if self.config.pins is None or not any(isinstance(i, HostPath) for i in intents):
+        if self.config.pins is None:
+            return {}, None
+        paths = [i for i in intents if isinstance(i, HostPath)]
+        if not paths:
+            return {}, None
+        if self._protected_on_loop is None:
+            self._protected_on_loop = await asyncio.to_thread(self._protected_root_held)
+        if self._protected_on_loop and all(i.source in self._protected_set for i in paths):
+            # The usual socket mount: a protected socket only root can change, no thread trip.
             return {}, None
         return await asyncio.to_thread(_hold_all, intents, str(self.config.pins.root))
 

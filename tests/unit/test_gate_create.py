@@ -326,6 +326,41 @@ def test_a_bind_of_a_protected_path_is_judged_on_its_own_resolution_without_a_th
     assert calls == []
 
 
+def test_with_pins_a_socket_create_still_holds_nothing_and_takes_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins on: the usual socket mount names a protected socket only root can change, so
+    nothing is held (no worker thread for `_hold_all`), and the bind is rewritten as before."""
+    from agent.pins.board import PinBoard
+
+    held: list[Any] = []
+    real = gate_module._hold_all
+
+    def recording(*args: Any) -> Any:
+        held.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(gate_module, "_hold_all", recording)
+    board = PinBoard(tmp_path / "pins", tmp_path / "records")
+
+    def with_pins(gate: Gate) -> None:
+        gate.config.pins = board
+
+    decision, rewritten, _, _ = judge(tmp_path, [IMAGE_A], socket_create, patch=with_pins)
+    assert decision.allowed and rewritten is not None and decision.pins == ()
+    assert held == []
+    other = tmp_path / "other"
+    other.mkdir()
+
+    def both(engine_sock: str) -> dict[str, Any]:
+        body = socket_create(engine_sock)
+        body["HostConfig"]["Binds"].append(f"{other}:/o")
+        return body
+
+    decision, _, _, _ = judge(tmp_path, [IMAGE_A], both, patch=with_pins)
+    assert decision.allowed and len(held) == 1, "any other path is asked about in a thread"
+
+
 @pytest.mark.parametrize("how", ["symlink", "parent folder", "unclean path"])
 def test_any_other_path_to_the_socket_is_resolved_in_a_thread_and_found(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
