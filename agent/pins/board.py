@@ -66,6 +66,7 @@ class Held:
     source: str
     fd: int
     found: ResolvedPath
+    born: tuple[int, int] | None = None  # birth time (s, ns), where the filesystem keeps one
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class PinRecord:
     inode: tuple[int, int]
     is_dir: bool
     made: float
+    #: The file's birth time (s, ns): with the inode, what tells the very file after a reboot
+    #: (a filesystem hands a freed inode number to the next file made). None: not kept there.
+    born: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -92,6 +96,18 @@ class PinRecord:
             inode=(int(raw["inode"][0]), int(raw["inode"][1])),
             is_dir=bool(raw["is_dir"]),
             made=float(raw["made"]),
+            born=(int(raw["born"][0]), int(raw["born"][1])) if raw.get("born") else None,
+        )
+
+    def same_file(self, held: Held) -> bool:
+        """Whether `held` is the very file this pin holds: where it resolves, its device and
+        inode, its type and (where kept) its birth time."""
+        found = held.found
+        return (
+            found.inode == self.inode
+            and found.is_dir == self.is_dir
+            and found.resolved == self.resolved
+            and held.born == self.born
         )
 
 
@@ -119,9 +135,19 @@ def hold(source: str, *, make_missing: bool) -> Held:
     try:
         st = os.fstat(fd)
         resolved = os.readlink(f"/proc/self/fd/{fd}")
+        mount_id = _mount_id(fd)
+        born = _birth_time(fd)
     except OSError as err:
         os.close(fd)
         raise PinError(f"cannot read the bind source {source}: {err.strerror}") from None
+    if mount_id is None or mount_id not in mount_ids():
+        # Reached through another mount namespace (/proc/<pid>/root/...): its path read back
+        # is the name there, which says nothing about what it is here.
+        os.close(fd)
+        raise PinError(
+            f"the bind source {source} is on a mount of another mount namespace; bind a "
+            "path of the host itself"
+        )
     found = ResolvedPath(
         source,
         resolved,
@@ -129,7 +155,62 @@ def hold(source: str, *, make_missing: bool) -> Held:
         stat.S_ISSOCK(st.st_mode),
         stat.S_ISDIR(st.st_mode),
     )
-    return Held(source, fd, found)
+    return Held(source, fd, found, born)
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("_r", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [
+        ("stx_mask", ctypes.c_uint32),
+        ("stx_blksize", ctypes.c_uint32),
+        ("stx_attributes", ctypes.c_uint64),
+        ("stx_nlink", ctypes.c_uint32),
+        ("stx_uid", ctypes.c_uint32),
+        ("stx_gid", ctypes.c_uint32),
+        ("stx_mode", ctypes.c_uint16),
+        ("_spare0", ctypes.c_uint16),
+        ("stx_ino", ctypes.c_uint64),
+        ("stx_size", ctypes.c_uint64),
+        ("stx_blocks", ctypes.c_uint64),
+        ("stx_attributes_mask", ctypes.c_uint64),
+        ("stx_atime", _StatxTimestamp),
+        ("stx_btime", _StatxTimestamp),
+        ("stx_ctime", _StatxTimestamp),
+        ("stx_mtime", _StatxTimestamp),
+        ("_rest", ctypes.c_uint8 * 128),
+    ]
+
+
+AT_EMPTY_PATH = 0x1000
+STATX_BTIME = 0x800
+
+
+def _birth_time(fd: int) -> tuple[int, int] | None:
+    """statx(2)'s birth time of the open file, or None where the filesystem keeps none."""
+    buf = _Statx()
+    statx = getattr(_libc, "statx", None)
+    if statx is None or statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, ctypes.byref(buf)) != 0:
+        return None
+    if not buf.stx_mask & STATX_BTIME:
+        return None
+    return (int(buf.stx_btime.tv_sec), int(buf.stx_btime.tv_nsec))
+
+
+def _mount_id(fd: int) -> int | None:
+    with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return None
+
+
+def mount_ids() -> set[int]:
+    """The IDs of the mounts in this process's mount namespace."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return {int(line.split(" ", 1)[0]) for line in f if line.strip()}
 
 
 def _make_missing(path: str, source: str) -> int:
@@ -245,6 +326,7 @@ class PinBoard:
             inode=found.inode,
             is_dir=found.is_dir,
             made=time.time() if now is None else now,
+            born=held.born,
         )
         self._write(record)
         try:
@@ -278,7 +360,7 @@ class PinBoard:
             held = hold(record.source, make_missing=False)
         except PinError:
             return None
-        if held.found.inode == record.inode and held.found.is_dir == record.is_dir:
+        if record.same_file(held):
             release_all([held])
             return None
         return held
@@ -287,21 +369,38 @@ class PinBoard:
         """Point an existing pin at the held file instead (judged by the caller), as the
         engine would follow a source that now leads elsewhere."""
         assert held.found.inode is not None
-        unmount(record.pin)
-        target = Path(record.pin)
-        if held.found.is_dir != record.is_dir:
-            self._remove_target(target)
         new = dataclasses.replace(
-            record, resolved=held.found.resolved, inode=held.found.inode, is_dir=held.found.is_dir
+            record,
+            resolved=held.found.resolved,
+            inode=held.found.inode,
+            is_dir=held.found.is_dir,
+            born=held.born,
         )
-        self._write(new)
+        # Mounted on a side path first: a file that cannot be pinned leaves the pin as it is.
+        trial = self.root / f".{record.token}.new"
         try:
+            self._make_target(trial, new.is_dir)
+            _mount_fd(held.fd, str(trial))
+        except OSError as err:
+            self._remove_target(trial)
+            raise PinError(
+                f"cannot pin the bind source {record.source} again: {err.strerror}"
+            ) from None
+        try:
+            target = Path(record.pin)
+            unmount(record.pin)
+            if new.is_dir != record.is_dir:
+                self._remove_target(target)
             self._make_target(target, new.is_dir)
             _mount_fd(held.fd, record.pin)
         except OSError as err:
             raise PinError(
                 f"cannot pin the bind source {record.source} again: {err.strerror}"
             ) from None
+        finally:
+            unmount(str(trial))
+            self._remove_target(trial)
+        self._write(new)
         return new
 
     def records(self) -> list[PinRecord]:
@@ -355,7 +454,7 @@ class PinBoard:
                 out.append((record, str(err)))
                 continue
             try:
-                if held.found.inode != record.inode or held.found.is_dir != record.is_dir:
+                if not record.same_file(held):
                     out.append((record, f"{record.source} now leads to another file"))
                     continue
                 self._make_target(Path(record.pin), record.is_dir)

@@ -808,7 +808,14 @@ class Gate:
                 if pins:
                     current = gojson.loads_bytes(rewritten) if rewritten is not None else body
                     assert isinstance(current, GoObject)
-                    rewritten = _rewrite_create(current, _pin_map(intents, pins)).encode()
+                    out = _rewrite_create(current, _pin_map(intents, pins))
+                    after = gojson.loads(out)
+                    assert isinstance(after, GoObject)
+                    left = _left_unpinned(create_mounts(after), held)
+                    if left is not None:
+                        self.unpin(tuple(pins.values()))
+                        return _unpinnable(left), None
+                    rewritten = out.encode()
                     decision = _with_pins(decision, pins)
         finally:
             release_all(held.values())
@@ -1235,6 +1242,10 @@ class Gate:
         task_spec = task.field("ContainerSpec")
         assert isinstance(task_spec, GoObject)
         task_spec = _rewrite_sources(task_spec, _pin_map(intents, pins))
+        left = _left_unpinned(_service_mounts(task_spec), held)
+        if left is not None:
+            self.unpin(tuple(pins.values()))
+            return _unpinnable(left), None
         task = gojson.with_field(task, "ContainerSpec", task_spec)
         out = gojson.dumps(gojson.with_field(current, "TaskTemplate", task)).encode()
         return _with_pins(decision, pins), out
@@ -1634,7 +1645,7 @@ class Gate:
         if self._protected_on_loop and all(i.source in self._protected_set for i in paths):
             # The usual socket mount: a protected socket only root can change, no thread trip.
             return {}, None
-        return await asyncio.to_thread(_hold_all, intents, str(self.config.pins.root))
+        return await asyncio.to_thread(_hold_all, intents, self.config.pins)
 
     async def _pin_held(self, held: dict[str, Held], skip: set[str]) -> dict[str, str] | Decision:
         """Pin each held source (but those in `skip`): cleaned path -> pin path."""
@@ -2074,11 +2085,15 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _hold_all(
-    intents: tuple[MountIntent, ...], pins_root: str
+    intents: tuple[MountIntent, ...], board: PinBoard
 ) -> tuple[dict[str, Held], Decision | None]:
-    """In a worker thread: hold every host path in `intents` a user can change. A path that
-    is, or leads into, one of the agent's pins is refused: a pin is the agent's own, made for
-    one bind (and re-pointed on that container's starts)."""
+    """In a worker thread: hold every host path in `intents` a user can change.
+
+    One of the agent's pins, named as it is (a service's stored spec sent back by `docker
+    service update`, a container made again from its inspect data), is forwarded as it is
+    and judged as the file it holds (`_as_pinned`). Anything else inside the pins folder, or
+    leading into it, is refused."""
+    pins_root = str(board.root)
     held: dict[str, Held] = {}
     try:
         for intent in intents:
@@ -2086,8 +2101,13 @@ def _hold_all(
                 continue
             key = clean_host_path(intent.source)
             if _inside(key, pins_root) or _inside(os.path.realpath(key), pins_root):
+                if os.path.dirname(key) == pins_root and board.record_of(key) is not None:
+                    continue
                 release_all(held.values())
                 return {}, _names_a_pin(intent)
+            if not _pinnable(intent) and needs_pin(intent.source):
+                release_all(held.values())
+                return {}, _unpinnable(intent)
             if key in held or not needs_pin(intent.source):
                 continue
             if len(held) >= MAX_PINS_PER_REQUEST:
@@ -2098,16 +2118,6 @@ def _hold_all(
                     "can change in one request; eci-agent pins each with a mount and bounds "
                     "how many one request makes",
                     "too-many-pins",
-                )
-            if not _pinnable(intent):
-                release_all(held.values())
-                return {}, deny(
-                    403,
-                    f"the host path {intent.source} ({intent.via}) can be changed by a user "
-                    "other than root, so eci-agent must hold it still, which it can only do "
-                    "for a bind given in HostConfig.Binds or HostConfig.Mounts (docker run -v "
-                    "or --mount type=bind) or a volume's device option",
-                    "unpinnable-bind",
                 )
             make = intent.via.startswith("HostConfig.Binds[")  # the engine makes it, as root
             held[key] = h = hold(intent.source, make_missing=make)
@@ -2149,6 +2159,26 @@ def _moved_pins(board: PinBoard, pins: set[str]) -> dict[str, tuple[PinRecord, H
         if record is not None and held is not None:
             out[pin] = (record, held)
     return out
+
+
+def _left_unpinned(after: tuple[MountIntent, ...], held: Mapping[str, Held]) -> HostPath | None:
+    """A held path the forwarded body still names (a second line: every route to it must
+    have been given the pin, or the engine would resolve it again later)."""
+    for intent in after:
+        if isinstance(intent, HostPath) and clean_host_path(intent.source) in held:
+            return intent
+    return None
+
+
+def _unpinnable(intent: HostPath) -> Decision:
+    return deny(
+        403,
+        f"the host path {intent.source} ({intent.via}) can be changed by a user other than "
+        "root, so eci-agent must hold it still, which it can only do for a bind given in "
+        "HostConfig.Binds or HostConfig.Mounts (docker run -v or --mount type=bind) or a "
+        "volume's device option",
+        "unpinnable-bind",
+    )
 
 
 def _release_pins(board: PinBoard, pins: tuple[str, ...]) -> None:

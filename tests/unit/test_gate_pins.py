@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.pins.board import release_all
+from agent.pins.board import PinBoard, PinRecord, release_all
 from agent.policy import gojson
 from agent.policy.gojson import GoObject
 from agent.policy.mounts import HostPath, create_mounts
 from agent.proxy.gate import _hold_all, _pin_map, _pinnable, _rewrite_sources
 
 NOBODY = 65534
-#: The pins folder `_hold_all` refuses to be named (none exists: nothing here is pinned).
-PINS = "/run/eci-agent-test/pins"
+#: A pins board `_hold_all` knows (none of its folders exists: nothing here is pinned).
+PINS = PinBoard(Path("/run/eci-agent-test/pins"), Path("/run/eci-agent-test/records"))
 
 
 @pytest.mark.parametrize(
@@ -122,9 +122,33 @@ def test_hold_all_refuses_a_path_that_is_or_leads_into_a_pin(user, tmp_path, nam
     (user / "to-pin").symlink_to(pins / "0123abcd")
     (user / "to-pins").symlink_to(pins)
     source = named.format(pins=pins, user=user)
-    held, refused = _hold_all(_create(binds=f'["{source}:/d"]'), str(pins))
+    board = PinBoard(pins, tmp_path / "records")
+    held, refused = _hold_all(_create(binds=f'["{source}:/d"]'), board)
     assert held == {} and refused is not None
     assert (refused.status, refused.rule) == (403, "names-a-pin"), refused.message
+
+
+def test_hold_all_forwards_one_of_its_own_pins_named_as_it_is(user, tmp_path):
+    """`docker service update` sends back the stored spec, which names the pin: it is judged
+    as the file it holds (elsewhere), not held again and not refused."""
+    board = PinBoard(tmp_path / "pins", tmp_path / "records")
+    (tmp_path / "pins" / "0123abcd").mkdir(parents=True)
+    (tmp_path / "records").mkdir()
+    record = PinRecord("0123abcd", str(tmp_path / "pins" / "0123abcd"), str(user / "p"),
+                       str(user / "p"), (1, 2), True, 0.0)  # fmt: skip
+    (tmp_path / "records" / "0123abcd.json").write_text(record.to_json())
+    held, refused = _hold_all(_create(binds=f'["{record.pin}:/d", "{record.pin}/:/e"]'), board)
+    assert (held, refused) == ({}, None)
+
+
+def test_a_path_held_for_a_bind_is_refused_where_no_pin_can_go(user):
+    """The same folder as a bind and as an inline volume's device: the bind alone would get
+    the pin, and the volume would keep the path (review 8b)."""
+    device = {"type": "none", "o": "bind", "device": f"{user}/p"}
+    mounts = [{"Type": "volume", "Source": "v", "Target": "/v",
+               "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": device}}}]  # fmt: skip
+    held, refused = _hold_all(_create(f'["{user}/p:/b"]', json.dumps(mounts)), PINS)
+    assert held == {} and refused is not None and refused.rule == "unpinnable-bind"
 
 
 def test_hold_all_bounds_the_pins_of_one_request(user):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -249,3 +250,46 @@ def test_a_pin_that_cannot_be_mounted_leaves_no_record(board, user, monkeypatch)
     finally:
         release_all([held])
     assert board.records() == [] and os.listdir(board.root) == []
+
+
+@pytest.mark.parametrize("field", ["born", "resolved"])
+def test_restore_wants_the_very_file_not_just_its_inode_number(board, user, field):
+    """A freed inode number goes to the next file made: the record's birth time and resolved
+    path must match too (review 8b)."""
+    record = _pin(board, user / "project")
+    unmount(record.pin)
+    changed = (
+        dataclasses.replace(record, born=(1, 2))
+        if field == "born"
+        else dataclasses.replace(record, resolved=str(user / "elsewhere"))
+    )
+    (board.records_dir / f"{record.token}.json").write_text(changed.to_json())
+    if field == "born" and record.born is None:
+        pytest.skip("this filesystem keeps no birth time")
+    (outcome,) = board.restore()
+    assert outcome[1] is not None and record.pin not in mount_points()
+
+
+def test_a_re_pin_that_cannot_be_mounted_leaves_the_pin_as_it_was(board, user, monkeypatch):
+    import agent.pins.board as module
+
+    seed = user / "project" / "seed"
+    record = _pin(board, seed)
+    fresh = seed.with_name("seed.new")
+    fresh.write_text("saved again\n")
+    os.replace(fresh, seed)
+    held = board.moved(record)
+    assert held is not None
+
+    def refuse(fd: int, target: str) -> None:
+        raise OSError(22, "Invalid argument", target)
+
+    monkeypatch.setattr(module, "_mount_fd", refuse)
+    try:
+        with pytest.raises(PinError, match="again"):
+            board.repin(record, held)
+    finally:
+        release_all([held])
+    assert Path(record.pin).read_text() == "seed\n", "still the judged file"
+    assert board.record_of(record.pin) == record
+    assert sorted(os.listdir(board.root)) == [record.token], "no side path left"
