@@ -344,6 +344,52 @@ def _cap_violations(hc: GoObject, where: str) -> list[Violation]:
     return found
 
 
+#: Bind propagation that hands mounts made in the container back to the host.
+_SHARED_PROPAGATION = frozenset({"shared", "rshared"})
+_PROPAGATION_WHY = (
+    "mounts made in the container (binds it was given too) show up in the host's folder, "
+    "where any container may then bind them"
+)
+
+
+def _propagation_violations(hc: GoObject, where: str) -> list[Violation]:
+    """`-v src:dst:rshared` and `--mount type=bind,...,bind-propagation=rshared` (a
+    HostConfig, or a service's ContainerSpec, which has `Mounts` only)."""
+    found: list[Violation] = []
+    binds = hc.field("Binds")
+    for i, spec in enumerate(binds if isinstance(binds, list) else []):
+        if not isinstance(spec, str):
+            continue
+        parts = spec.split(":")
+        modes = parts[2].split(",") if len(parts) == 3 else []
+        shared = sorted(_SHARED_PROPAGATION.intersection(modes))
+        if shared:
+            found.append(
+                Violation(
+                    f"-v {parts[0]}:{parts[1]}:{shared[0]}",
+                    "--mount-propagation=shared",
+                    f"{where}.Binds[{i}]",
+                    _PROPAGATION_WHY,
+                )
+            )
+    mounts = hc.field("Mounts")
+    for i, mount in enumerate(mounts if isinstance(mounts, list) else []):
+        if not isinstance(mount, GoObject):
+            continue
+        options = mount.field("BindOptions")
+        propagation = options.field("Propagation") if isinstance(options, GoObject) else None
+        if isinstance(propagation, str) and propagation.lower() in _SHARED_PROPAGATION:
+            found.append(
+                Violation(
+                    f"--mount bind-propagation={propagation}",
+                    "--mount-propagation=shared",
+                    f"{where}.Mounts[{i}].BindOptions.Propagation",
+                    _PROPAGATION_WHY,
+                )
+            )
+    return found
+
+
 def _sysctl_allowed(name: str, host_network: bool) -> bool:
     key = name.strip().replace("/", ".")
     if key in NAMESPACED_SYSCTLS or key.startswith("fs.mqueue."):
@@ -442,6 +488,7 @@ def host_config_violations(hc: GoObject, where: str, facts: IsolationFacts) -> l
             Violation(shown, f"{option}=host", f"{where}.{field_name}", f"it shares {what}")
         )
     found += _cap_violations(hc, where)
+    found += _propagation_violations(hc, where)
     found += _security_opt_violations(
         _strings(hc.field("SecurityOpt"), f"{where}.SecurityOpt"), f"{where}.SecurityOpt"
     )
@@ -759,6 +806,7 @@ def service_violations(body: GoObject, facts: IsolationFacts) -> list[Violation]
         privileges = spec.field("Privileges")
         if isinstance(privileges, GoObject):
             found += _service_privileges(privileges, f"{where}.Privileges")
+        found += _propagation_violations(spec, where)
         sysctls = spec.field("Sysctls")
         if isinstance(sysctls, GoObject):
             for key in sysctls.entries():
@@ -1082,6 +1130,7 @@ _TOKEN_OPTIONS = frozenset(
         "--sysctl",
         "--volume",
         "--runtime",
+        "--mount-propagation",
     }
 )
 _HOST_ONLY = frozenset({"--pid", "--ipc", "--uts", "--network", "--userns", "--cgroupns"})
@@ -1124,6 +1173,12 @@ def normalize_allow_token(text: str) -> str:
         return f"{option}=host"
     if option == "--device":
         return f"--device={value}" if value else "--device"
+    if option == "--mount-propagation":
+        if value not in _SHARED_PROPAGATION:
+            raise ValueError(
+                f"{text!r}: only shared propagation is refused, so only it can be allowed"
+            )
+        return "--mount-propagation=shared"
     if not value:
         raise ValueError(f"{text!r}: {option} needs a value")
     if option == "--cap-add":

@@ -1682,6 +1682,9 @@ class Gate:
         the same pin (`--volumes-from`) and the engine restarts them by itself."""
         board = self.config.pins
         assert board is not None
+        for record, held in moved.values():
+            if _inside(held.found.resolved, str(board.root)):
+                return _names_a_pin(HostPath(record.source, f"the bind pinned at {record.pin}"))
         intents = tuple(HostPath(pin, f"the bind of {r.source}") for pin, (r, _) in moved.items())
         sources = {pin: r.source for pin, (r, _) in moved.items()}
         for exposure in find_exposures(intents, host):

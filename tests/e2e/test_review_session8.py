@@ -385,7 +385,7 @@ def test_the_sweep_keeps_a_pin_in_use(holder, own_agent, swarm, direct, stack, n
 # -- 8. functional: what a user's bind could do before pins ------------------------------------------
 
 
-@pytest.mark.parametrize("option", ["rslave", "rshared", "ro", "z"])
+@pytest.mark.parametrize("option", ["rslave", "ro", "z"])  # rshared: refused (review 8c)
 def test_bind_options_work_on_a_pinned_folder_as_they_do_directly(
     option, via_agent, direct, stack, name, home
 ):

@@ -875,3 +875,44 @@ def test_sensitive_hit_equals_the_plain_definition() -> None:
         assert sensitive_hit(source, resolved, inode, sensitive) == reference_sensitive_hit(
             source, resolved, inode, sensitive
         ), (source, resolved, inode, sensitive)
+
+
+# -- bind propagation back to the host (review 8c) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host_config", "refused"),
+    [
+        ({"Binds": ["/h/p:/x:rshared"]}, True),
+        ({"Binds": ["/h/p:/x:ro,shared"]}, True),
+        ({"Binds": ["/h/p:/x:rslave"]}, False),
+        ({"Binds": ["/h/p:/x"]}, False),
+        ({"Mounts": [{"Type": "bind", "Source": "/h/p", "Target": "/x",
+                      "BindOptions": {"Propagation": "rshared"}}]}, True),
+        ({"Mounts": [{"Type": "bind", "Source": "/h/p", "Target": "/x",
+                      "BindOptions": {"Propagation": "private"}}]}, False),
+    ],
+    ids=["binds-rshared", "binds-shared", "binds-rslave", "binds-plain", "mounts-rshared",
+         "mounts-private"],
+)  # fmt: skip
+def test_shared_bind_propagation_is_refused(host_config, refused):
+    body = gojson.loads(json.dumps({"Image": "x", "HostConfig": host_config}))
+    found = create_violations(body, (), IsolationFacts(host=HostFacts((), {})))
+    tokens = [v.token for v in found]
+    assert ("--mount-propagation=shared" in tokens) is refused, found
+
+
+def test_shared_propagation_can_be_allowed_only_as_itself():
+    assert normalize_allow_token("--mount-propagation=rshared") == "--mount-propagation=shared"
+    with pytest.raises(ValueError):
+        normalize_allow_token("--mount-propagation=slave")
+
+
+def test_a_service_with_shared_propagation_is_refused():
+    mount = {"Type": "bind", "Source": "/h/p", "Target": "/x",
+             "BindOptions": {"Propagation": "rshared"}}  # fmt: skip
+    body = gojson.loads(json.dumps({"TaskTemplate": {"ContainerSpec": {"Mounts": [mount]}}}))
+    found = service_violations(body, IsolationFacts())
+    assert [v.via for v in found] == [
+        "TaskTemplate.ContainerSpec.Mounts[0].BindOptions.Propagation"
+    ]
