@@ -23,14 +23,13 @@ import json
 import logging
 import os
 import secrets
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.policy.mounts import ResolvedPath, clean_host_path, parse_mountinfo
-from agent.proxy.host_paths import only_root_can_change
+from agent.proxy.host_paths import described, only_root_can_change
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +147,7 @@ def hold(source: str, *, make_missing: bool) -> Held:
             f"the bind source {source} is on a mount of another mount namespace; bind a "
             "path of the host itself"
         )
-    found = ResolvedPath(
-        source,
-        resolved,
-        (st.st_dev, st.st_ino),
-        stat.S_ISSOCK(st.st_mode),
-        stat.S_ISDIR(st.st_mode),
-    )
-    return Held(source, fd, found, born)
+    return Held(source, fd, described(source, resolved, st), born)
 
 
 class _StatxTimestamp(ctypes.Structure):

@@ -43,14 +43,18 @@ def resolve_counting_links(path: str) -> tuple[ResolvedPath, int]:
         st = os.stat(resolved)
     except OSError:
         return ResolvedPath(path, resolved), 1
-    found = ResolvedPath(
-        path,
+    return described(path, resolved, st), st.st_nlink
+
+
+def described(source: str, resolved: str, st: os.stat_result) -> ResolvedPath:
+    """`source`, found to be the file `st` describes, at `resolved`."""
+    return ResolvedPath(
+        source,
         resolved,
         (st.st_dev, st.st_ino),
         stat.S_ISSOCK(st.st_mode),
         stat.S_ISDIR(st.st_mode),
     )
-    return found, st.st_nlink
 
 
 class MountTable:

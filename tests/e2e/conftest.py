@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +147,46 @@ def swarm(direct: Any, stack: Any) -> Iterator[str]:
             if not had_bridge:
                 subprocess.run(["ip", "link", "delete", "docker_gwbridge"], check=False,
                                capture_output=True)  # fmt: skip
+
+
+# -- a user's folder and the pins (session 8) ----------------------------------------------------
+
+#: The user other than root who owns the folders of the pin tests (nobody).
+NOBODY = 65534
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A user's folder (owned by nobody, so not only root can change paths in it), with a
+    folder `project` holding a file `seed`."""
+    os.chmod(tmp_path, 0o755)
+    user = tmp_path / "home"
+    (user / "project").mkdir(parents=True)
+    (user / "project" / "seed").write_text("the user's own file\n")
+    for p in (user, user / "project", user / "project" / "seed"):
+        os.chown(p, NOBODY, NOBODY)
+    return user
+
+
+@pytest.fixture
+def etc_folder(name: str) -> Any:
+    """A folder of root's inside /etc (stands for /etc/cron.d, /etc/sudoers.d, ...)."""
+    folder = Path("/etc") / f"eci-review8-{name}"
+    folder.mkdir(mode=0o755)
+    (folder / "root-only").write_text("root's configuration\n")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_agent(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """An agent of the test's own, sweeping its pins every second (grace 2 s)."""
+    proc = AgentProcess(tmp_path_factory.mktemp("pin-agent"), stack.engine_socket,
+                        extra_args=("--pin-sweep", "1"))  # fmt: skip
+    proc.start(DEFAULT_SETTINGS)
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -13,32 +13,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.agent_process import DEFAULT_SETTINGS, AgentProcess, eci_agent
+from tests.e2e.agent_process import AgentProcess, eci_agent
 from tests.e2e.conftest import _docker
 from tests.e2e.test_socket_mount import _raw
 
 pytestmark = pytest.mark.engine
-
-NOBODY = 65534
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A user's folder (owned by nobody, so not only root can change paths in it), with a
-    folder `project` holding a file `seed`."""
-    os.chmod(tmp_path, 0o755)
-    user = tmp_path / "home"
-    (user / "project").mkdir(parents=True)
-    (user / "project" / "seed").write_text("the user's own file\n")
-    for p in (user, user / "project", user / "project" / "seed"):
-        os.chown(p, NOBODY, NOBODY)
-    return user
 
 
 def _binds(direct: Any, name: str) -> list[str]:
@@ -262,18 +246,6 @@ def test_a_bind_volume_on_a_users_folder_is_made_on_a_pin(via_agent, direct, sta
 
 
 # -- a pin's life: swept when unused, restored after a reboot --------------------------------------
-
-
-@pytest.fixture
-def own_agent(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    """An agent of the test's own, sweeping every second (grace 2 s)."""
-    proc = AgentProcess(tmp_path_factory.mktemp("pin-agent"), stack.engine_socket,
-                        extra_args=("--pin-sweep", "1"))  # fmt: skip
-    proc.start(DEFAULT_SETTINGS)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def _records(agent: AgentProcess) -> dict[str, dict[str, Any]]:

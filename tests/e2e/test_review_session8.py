@@ -9,42 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import NOBODY
 from tests.e2e.test_socket_mount import _raw
 
 pytestmark = pytest.mark.engine
-
-NOBODY = 65534
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A user's folder (owned by nobody) with a folder `project` holding a file `seed`."""
-    os.chmod(tmp_path, 0o755)
-    user = tmp_path / "home"
-    (user / "project").mkdir(parents=True)
-    (user / "project" / "seed").write_text("the user's own file\n")
-    for p in (user, user / "project", user / "project" / "seed"):
-        os.chown(p, NOBODY, NOBODY)
-    return user
-
-
-@pytest.fixture
-def etc_folder(name: str) -> Any:
-    """A folder of root's inside /etc (stands for /etc/cron.d, /etc/sudoers.d, ...)."""
-    folder = Path("/etc") / f"eci-review8-{name}"
-    folder.mkdir(mode=0o755)
-    (folder / "root-only").write_text("root's configuration\n")
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _user_link(link: Path, to: str | Path) -> None:
@@ -334,19 +308,6 @@ def test_a_create_the_engine_refuses_leaves_no_pins(agent, via_agent, direct, st
 
 
 # -- 7. the sweep ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_agent(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.e2e.agent_process import DEFAULT_SETTINGS, AgentProcess
-
-    proc = AgentProcess(tmp_path_factory.mktemp("pin-agent"), stack.engine_socket,
-                        extra_args=("--pin-sweep", "1"))  # fmt: skip
-    proc.start(DEFAULT_SETTINGS)
-    try:
-        yield proc
-    finally:
-        proc.stop(unpin=True)
 
 
 @pytest.mark.parametrize("holder", ["volume", "service", "stopped-container-via-volumes-from"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,29 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.agent_process import DEFAULT_SETTINGS, AgentProcess, settings_with
-from tests.e2e.conftest import _docker
+from tests.e2e.agent_process import DEFAULT_SETTINGS, settings_with
+from tests.e2e.conftest import NOBODY, _docker
 from tests.e2e.test_socket_mount import registry_ref
 
 pytestmark = pytest.mark.engine
-
-NOBODY = 65534
 
 
 def _own(*paths: Path) -> None:
     for p in paths:
         os.chown(p, NOBODY, NOBODY)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A user's folder (owned by nobody) with a folder `project` holding a file `seed`."""
-    os.chmod(tmp_path, 0o755)
-    user = tmp_path / "home"
-    (user / "project").mkdir(parents=True)
-    (user / "project" / "seed").write_text("the user's own file\n")
-    _own(user, user / "project", user / "project" / "seed")
-    return user
 
 
 @pytest.fixture
@@ -59,18 +45,6 @@ def shared_home(tmp_path: Path) -> Iterator[Path]:
         yield user
     finally:
         subprocess.run(["umount", "-R", "-l", str(base)], check=False)
-
-
-@pytest.fixture
-def etc_folder(name: str) -> Any:
-    """A folder of root's inside /etc (stands for /etc/letsencrypt, /etc/cron.d, ...)."""
-    folder = Path("/etc") / f"eci-review8c-{name}"
-    folder.mkdir(mode=0o755)
-    (folder / "root-only").write_text("root's configuration\n")
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _user_link(link: Path, to: str | Path) -> None:
@@ -259,17 +233,6 @@ def test_pipelined_requests_release_only_the_refused_ones_pins(
 
 
 # -- 3. the sweep: a pin named as it is, in another spelling ----------------------------------------
-
-
-@pytest.fixture
-def own_agent(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    proc = AgentProcess(tmp_path_factory.mktemp("pin-agent-8c"), stack.engine_socket,
-                        extra_args=("--pin-sweep", "1"))  # fmt: skip
-    proc.start(DEFAULT_SETTINGS)
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("spelling", ["trailing-slash", "double-slash", "dot", "volume-device"])
