@@ -16,9 +16,7 @@ it in a worker thread. Linux only (mount(2)); the agent runs as root there.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -33,16 +31,11 @@ from agent.proxy.host_paths import described, only_root_can_change
 
 log = logging.getLogger(__name__)
 
-MS_BIND = 4096
-MS_REC = 16384
-MNT_DETACH = 2
 #: A pin younger than this is never swept: the create it was made for may still be on its way.
 SWEEP_GRACE = 120.0
 
 #: Pins kept at most (each is a mount; the host's mount table is bounded, fs.mount-max).
 MAX_PINS = 4096
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _is_at_or_below(path: str, folder: str) -> bool:
@@ -150,45 +143,10 @@ def hold(source: str, *, make_missing: bool) -> Held:
     return Held(source, fd, described(source, resolved, st), born)
 
 
-class _StatxTimestamp(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32), ("_r", ctypes.c_int32)]
-
-
-class _Statx(ctypes.Structure):
-    _fields_ = [
-        ("stx_mask", ctypes.c_uint32),
-        ("stx_blksize", ctypes.c_uint32),
-        ("stx_attributes", ctypes.c_uint64),
-        ("stx_nlink", ctypes.c_uint32),
-        ("stx_uid", ctypes.c_uint32),
-        ("stx_gid", ctypes.c_uint32),
-        ("stx_mode", ctypes.c_uint16),
-        ("_spare0", ctypes.c_uint16),
-        ("stx_ino", ctypes.c_uint64),
-        ("stx_size", ctypes.c_uint64),
-        ("stx_blocks", ctypes.c_uint64),
-        ("stx_attributes_mask", ctypes.c_uint64),
-        ("stx_atime", _StatxTimestamp),
-        ("stx_btime", _StatxTimestamp),
-        ("stx_ctime", _StatxTimestamp),
-        ("stx_mtime", _StatxTimestamp),
-        ("_rest", ctypes.c_uint8 * 128),
-    ]
-
-
-AT_EMPTY_PATH = 0x1000
-STATX_BTIME = 0x800
-
-
 def _birth_time(fd: int) -> tuple[int, int] | None:
-    """statx(2)'s birth time of the open file, or None where the filesystem keeps none."""
-    buf = _Statx()
-    statx = getattr(_libc, "statx", None)
-    if statx is None or statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, ctypes.byref(buf)) != 0:
-        return None
-    if not buf.stx_mask & STATX_BTIME:
-        return None
-    return (int(buf.stx_btime.tv_sec), int(buf.stx_btime.tv_nsec))
+    from agent.pins import syscalls  # ctypes, loaded only once something is held
+
+    return syscalls.birth_time(fd)
 
 
 def _mount_id(fd: int) -> int | None:
@@ -260,16 +218,16 @@ def release_all(held: Iterable[Held]) -> None:
 
 
 def _mount_fd(fd: int, target: str) -> None:
-    if _libc.mount(f"/proc/self/fd/{fd}".encode(), target.encode(), None, MS_BIND | MS_REC, None):
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    from agent.pins import syscalls
+
+    syscalls.bind_fd(fd, target)
 
 
 def unmount(target: str) -> None:
-    if _libc.umount2(target.encode(), MNT_DETACH):
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
-            raise OSError(err, os.strerror(err), target)
+    """Detach the mount at `target` (nothing mounted there: nothing to do)."""
+    from agent.pins import syscalls
+
+    syscalls.unmount(target)
 
 
 def mount_points() -> set[str]:
