@@ -325,3 +325,20 @@ def test_the_agents_own_folders_are_never_bound(what, agent, via_agent, direct, 
         assert r.returncode != 0 and "eci-agent" in r.stderr, r.stderr
     finally:
         direct("rm", "-f", name)
+
+
+def test_one_request_may_not_make_more_than_64_pins(agent, via_agent, direct, stack, name, home):
+    """Each pin is a mount on the host: a create with 65 binds a user can change is refused
+    before anything is mounted, and the engine made nothing."""
+    binds = []
+    for i in range(65):
+        (home / "project" / f"d{i}").mkdir()
+        binds += ["-v", f"{home / 'project' / f'd{i}'}:/d{i}"]
+    before = agent.pinned()
+    r = via_agent("create", "--name", name, *binds, stack.images["busybox"], "true")
+    try:
+        assert direct("inspect", name).returncode != 0, "BYPASS: made with 65 pins"
+        assert r.returncode != 0 and "more than 64" in r.stderr, r.stderr
+        assert set(agent.pinned()) <= set(before), "nothing mounted for it"
+    finally:
+        direct("rm", "-f", name)
