@@ -87,6 +87,9 @@ class EngineFacts:
     error: str | None = None
     #: `GET /plugins` (None: not read).
     plugins: tuple[Any, ...] | None = None
+    #: Containers' bind sources a user other than root can change, given to the engine as
+    #: written, not pinned (container name, source); None: not read.
+    unpinned: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +651,32 @@ def check_volume_plugins(facts: DoctorFacts) -> list[Finding]:
     ]
 
 
+def check_unpinned_binds(facts: DoctorFacts) -> list[Finding]:
+    """Containers made before eci-agent pinned bind sources (or on the raw socket) whose
+    bind a user can change: the engine resolves it again at each of its own restarts, so a
+    swap after the agent's judgement still works there (docs/ISOLATION.md, pins)."""
+    unpinned = facts.engine.unpinned
+    if unpinned is None:
+        return []
+    if not unpinned:
+        return [
+            Finding("unpinned-binds", OK, "no container binds a path a user can change unpinned")
+        ]
+    names = sorted({name for name, _ in unpinned})
+    shown = ", ".join(f"{n} ({s})" for n, s in sorted(unpinned)[:5])
+    more = f" and {len(unpinned) - 5} more" if len(unpinned) > 5 else ""
+    return [
+        Finding(
+            "unpinned-binds",
+            WARN,
+            f"{len(names)} container(s) bind a path a user other than root can change, as "
+            f"written (made before eci-agent pinned such sources, or without it): {shown}{more}; "
+            "the engine resolves it again at each restart it makes by itself",
+            "remove them and create them again through eci-agent",
+        )
+    ]
+
+
 def check_settings(facts: DoctorFacts) -> list[Finding]:
     s = facts.settings
     if s is None:
@@ -846,6 +875,7 @@ CHECKS = (
     check_other_engines,
     check_isolation,
     check_volume_plugins,
+    check_unpinned_binds,
     check_settings,
     check_agent,
     check_agent_sockets,

@@ -30,6 +30,7 @@ from agent.doctor.checks import (
     parse_proc_net_tcp,
 )
 from agent.proxy.engine_client import EngineClient, EngineError
+from agent.proxy.host_paths import only_root_can_change
 
 ENGINE_TIMEOUT = 5.0
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
@@ -88,8 +89,15 @@ def path_facts(path: str, accounts: Accounts) -> PathFacts:
 
 async def _engine_answers(
     socket_path: str,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None, tuple[Any, ...] | None]:
-    """`GET /version`, `/info` (or the error) and `/plugins` (None if it could not be read)."""
+) -> tuple[
+    dict[str, Any] | None,
+    dict[str, Any] | None,
+    str | None,
+    tuple[Any, ...] | None,
+    tuple[tuple[str, str], ...] | None,
+]:
+    """`GET /version`, `/info` (or the error), `/plugins` and each container's bind sources
+    (`/containers/json?all=1`: name, source); None where it could not be read."""
     client = EngineClient(socket_path, keep=1, timeout=ENGINE_TIMEOUT)
     try:
         version = await client.version()
@@ -99,20 +107,40 @@ async def _engine_answers(
         except (EngineError, TypeError, ValueError):
             plugins = None
         listed = tuple(plugins) if isinstance(plugins, list) else None
-        return version, info if isinstance(info, dict) else None, None, listed
+        try:
+            binds: tuple[tuple[str, str], ...] | None = _bind_sources(
+                await client.get_json("/containers/json", all="1")
+            )
+        except (EngineError, TypeError, ValueError, AttributeError):
+            binds = None
+        return version, info if isinstance(info, dict) else None, None, listed, binds
     except (EngineError, TypeError, ValueError) as err:
-        return None, None, str(err), None
+        return None, None, str(err), None, None
     finally:
         await client.close()
 
 
+def _bind_sources(containers: Any) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for container in containers or ():
+        names = container.get("Names") or [container.get("Id", "?")[:12]]
+        for mount in container.get("Mounts") or ():
+            if mount.get("Type") == "bind" and isinstance(mount.get("Source"), str):
+                out.append((str(names[0]).lstrip("/"), mount["Source"]))
+    return tuple(out)
+
+
 def engine_facts(socket_path: str) -> EngineFacts:
-    version, info, error, plugins = asyncio.run(_engine_answers(socket_path))
-    return EngineFacts(socket_path, version, info, error, plugins)
+    version, info, error, plugins, binds = asyncio.run(_engine_answers(socket_path))
+    unpinned = None
+    if binds is not None:
+        # A pin is in a folder only root can change: only sources given as written show here.
+        unpinned = tuple((n, s) for n, s in binds if not only_root_can_change(s))
+    return EngineFacts(socket_path, version, info, error, plugins, unpinned)
 
 
 def _engine_id(socket_path: str) -> str | None:
-    _version, info, _error, _plugins = asyncio.run(_engine_answers(socket_path))
+    _version, info, _error, _plugins, _binds = asyncio.run(_engine_answers(socket_path))
     engine_id = info.get("ID") if info else None
     return engine_id if isinstance(engine_id, str) and engine_id else None
 

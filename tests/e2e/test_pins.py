@@ -342,3 +342,35 @@ def test_one_request_may_not_make_more_than_64_pins(agent, via_agent, direct, st
         assert set(agent.pinned()) <= set(before), "nothing mounted for it"
     finally:
         direct("rm", "-f", name)
+
+
+def test_the_doctor_names_containers_whose_user_bind_is_not_pinned(
+    agent, via_agent, direct, stack, name, home
+):
+    """One made on the raw socket (as before eci-agent) keeps the path as written: the
+    engine resolves it again at each of its own restarts. One made through the agent has a
+    pin, which only root can change."""
+    import subprocess
+    import sys
+
+    def finding() -> dict[str, Any]:
+        r = subprocess.run(
+            [sys.executable, "-m", "agent", "doctor", "--json", "--engine", stack.engine_socket,
+             "--control", agent.control, "--settings", str(agent.settings_path)],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        (only,) = [f for f in json.loads(r.stdout)["findings"] if f["check"] == "unpinned-binds"]
+        return dict(only)
+
+    raw, pinned = name + "-raw", name + "-pinned"
+    via_agent("create", "--name", pinned, "-v", f"{home / 'project'}:/d", stack.images["busybox"],
+              "true", check=True)  # fmt: skip
+    try:
+        assert pinned not in finding()["message"]
+        direct("create", "--name", raw, "-v", f"{home / 'project'}:/d", stack.images["busybox"],
+               "true", check=True)  # fmt: skip
+        seen = finding()
+        assert seen["status"] == "warn" and raw in seen["message"], seen
+        assert f"{home / 'project'}" in seen["message"] and pinned not in seen["message"], seen
+    finally:
+        direct("rm", "-f", raw, pinned)

@@ -356,3 +356,23 @@ def test_volume_plugins_from_the_plugin_list() -> None:
     (finding,) = found(facts(engine=engine), "volume-plugins")
     assert finding.status == "warn" and "evil:latest" in finding.message, finding
     assert "off:latest" not in finding.message and "logs" not in finding.message
+
+
+@pytest.mark.parametrize(
+    ("unpinned", "status", "words"),
+    [
+        ((), "ok", "no container binds a path a user can change unpinned"),
+        ((("web", "/home/u/site"), ("web", "/home/u/conf"), ("db", "/tmp/u/data")), "warn",
+         "2 container(s)"),
+        (tuple((f"c{i}", f"/home/u/{i}") for i in range(7)), "warn", "and 2 more"),
+    ],
+    ids=["none", "two-containers", "many"],
+)  # fmt: skip
+def test_unpinned_binds(unpinned: Any, status: str, words: str) -> None:
+    engine = C.EngineFacts(ENGINE, VERSION, INFO_RUNC, unpinned=unpinned)
+    (finding,) = found(facts(engine=engine), "unpinned-binds")
+    assert finding.status == status and words in finding.message, finding
+
+
+def test_unpinned_binds_not_read_says_nothing() -> None:
+    assert found(facts(engine=C.EngineFacts(ENGINE, VERSION, INFO_RUNC)), "unpinned-binds") == []
