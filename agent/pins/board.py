@@ -280,8 +280,7 @@ class PinBoard:
         )
         self._write(record)
         try:
-            self._make_target(target, found.is_dir)
-            _mount_fd(held.fd, str(target))
+            self._mount_at(held.fd, target, found.is_dir)
         except OSError as err:
             self._forget(record)
             raise PinError(
@@ -329,8 +328,7 @@ class PinBoard:
         # Mounted on a side path first: a file that cannot be pinned leaves the pin as it is.
         trial = self.root / f".{record.token}.new"
         try:
-            self._make_target(trial, new.is_dir)
-            _mount_fd(held.fd, str(trial))
+            self._mount_at(held.fd, trial, new.is_dir)
         except OSError as err:
             self._remove_target(trial)
             raise PinError(
@@ -341,8 +339,7 @@ class PinBoard:
             unmount(record.pin)
             if new.is_dir != record.is_dir:
                 self._remove_target(target)
-            self._make_target(target, new.is_dir)
-            _mount_fd(held.fd, record.pin)
+            self._mount_at(held.fd, target, new.is_dir)
         except OSError as err:
             raise PinError(
                 f"cannot pin the bind source {record.source} again: {err.strerror}"
@@ -407,8 +404,7 @@ class PinBoard:
                 if not record.same_file(held):
                     out.append((record, f"{record.source} now leads to another file"))
                     continue
-                self._make_target(Path(record.pin), record.is_dir)
-                _mount_fd(held.fd, record.pin)
+                self._mount_at(held.fd, Path(record.pin), record.is_dir)
                 out.append((record, None))
             except OSError as err:
                 out.append((record, f"cannot mount: {err.strerror}"))
@@ -417,6 +413,12 @@ class PinBoard:
         return out
 
     # -- files -----------------------------------------------------------------------------------
+
+    def _mount_at(self, fd: int, target: Path, is_dir: bool) -> None:
+        """Make the mount point (a folder or an empty file, as the held file is) and bind
+        the held file there. Raises OSError."""
+        self._make_target(target, is_dir)
+        _mount_fd(fd, str(target))
 
     def _make_target(self, target: Path, is_dir: bool) -> None:
         if is_dir:

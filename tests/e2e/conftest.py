@@ -190,3 +190,17 @@ def own_agent(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield proc
     finally:
         proc.stop()
+
+
+def user_link(link: Path, to: str | Path) -> None:
+    """What the folder's owner does: a symlink of their own at `link`, leading to `to`."""
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(to)
+    os.lchown(link, NOBODY, NOBODY)
+
+
+def swap_to(path: Path, to: str | Path) -> None:
+    """What the folder's owner can do: move `path` aside and put a link to `to` there."""
+    path.rename(path.with_name(path.name + ".old"))
+    user_link(path, to)

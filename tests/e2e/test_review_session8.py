@@ -10,23 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import NOBODY
+from tests.e2e.conftest import NOBODY, user_link
 from tests.e2e.test_socket_mount import _raw
 
 pytestmark = pytest.mark.engine
-
-
-def _user_link(link: Path, to: str | Path) -> None:
-    """What the user does: a symlink of their own."""
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(to)
-    os.lchown(link, NOBODY, NOBODY)
 
 
 def _binds(direct: Any, name: str) -> list[str]:
@@ -62,7 +53,7 @@ def test_a_bind_volume_through_a_users_link_never_reaches_inside_etc(
     then judged on the device, which is the pin path now: not under /etc by name, and not /etc's
     inode. Then a container writes into /etc/x on the host (/etc/cron.d, /etc/sudoers.d)."""
     link = home / "cfg"
-    _user_link(link, etc_folder)
+    user_link(link, etc_folder)
     vol = name + "-vol"
     r = via_agent("volume", "create", "--driver", "local", "-o", "type=none", "-o", "o=bind",
                   "-o", f"device={link}", vol)  # fmt: skip
@@ -110,7 +101,7 @@ def test_a_users_link_in_a_root_sticky_folder_cannot_be_swapped_for_a_restart(
     benign.mkdir()
     (benign / "benign-file").write_text("")
     link = shared / "mine"
-    _user_link(link, benign)
+    user_link(link, benign)
     try:
         r = via_agent("run", "-d", "--name", name, "--network", "none", "--restart", "always",
                       "-v", f"{link}:/d", stack.images["busybox"], "sh", "-c",
@@ -119,7 +110,7 @@ def test_a_users_link_in_a_root_sticky_folder_cannot_be_swapped_for_a_restart(
             return
         binds = _binds(direct, name)
         time.sleep(0.5)
-        _user_link(link, "/etc")
+        user_link(link, "/etc")
         seen = _logs_until(direct, name, ("passwd", "hostname"))
         assert "passwd" not in seen and "hostname" not in seen, (
             f"BYPASS: `docker run --restart always -v {link}:/d` (a {mode} root folder, the "
@@ -199,7 +190,7 @@ def test_a_source_moved_inside_etc_is_not_repinned(
               check=True)  # fmt: skip
     try:
         project.rename(project.with_name("project.old"))
-        _user_link(project, etc_folder)
+        user_link(project, etc_folder)
         if via == "start":
             via_agent("start", "-a", name)
         else:
@@ -254,7 +245,7 @@ def test_pinning_the_pins_folder_does_not_multiply_mounts(
     with each create (fs.mount-max is 100000 per namespace: some 17 creates fill it, and then
     no mount on the host succeeds)."""
     link = home / "to-pins"
-    _user_link(link, agent.pins_dir)
+    user_link(link, agent.pins_dir)
     made: list[str] = []
     before = set(agent.pinned())
     counts = [_mounts_below(str(agent.pins_dir))]

@@ -17,23 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import NOBODY
+from tests.e2e.conftest import NOBODY, swap_to, user_link
 from tests.e2e.test_socket_mount import _raw
 
 pytestmark = pytest.mark.engine
-
-
-def _user_link(link: Path, to: str | Path) -> None:
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(to)
-    os.lchown(link, NOBODY, NOBODY)
-
-
-def _swap_to(path: Path, to: str | Path) -> None:
-    """What the folder's owner can do: move `path` aside and put a link to `to` there."""
-    path.rename(path.with_name(path.name + ".old"))
-    _user_link(path, to)
 
 
 def _status(reply: bytes) -> int:
@@ -75,7 +62,7 @@ def test_an_inline_volume_device_naming_a_held_bind_source_is_not_left_unpinned(
         if _status(reply) != 201:
             return  # refused: held
         device = (_inspect(direct, vol, "volume") or {}).get("Options", {}).get("device")
-        _swap_to(project, etc_folder)
+        swap_to(project, etc_folder)
         seen = direct("start", "-a", name)  # the engine's own start
         written = etc_folder / "written"
         assert not written.exists(), (
@@ -111,7 +98,7 @@ def test_a_service_with_an_inline_volume_device_naming_a_held_bind_source(
         if _status(reply) != 201:
             return
         time.sleep(3)
-        _swap_to(project, etc_folder)
+        swap_to(project, etc_folder)
         deadline = time.monotonic() + 30
         written = etc_folder / "written"
         while time.monotonic() < deadline and not written.exists():
@@ -226,7 +213,7 @@ def test_a_folder_bound_in_a_users_own_mount_namespace_is_not_judged_by_its_name
         shutil.rmtree(base)
         raise
     try:
-        _user_link(home / "via", f"/proc/{holder.pid}/root{project}")
+        user_link(home / "via", f"/proc/{holder.pid}/root{project}")
         # the sh is the child of unshare; either pid's root works for root
         r = via_agent("run", "--rm", "--name", name, "--network", "none", "-v",
                       f"{home / 'via'}:/d", stack.images["busybox"], "sh", "-c",
@@ -255,7 +242,7 @@ def test_another_containers_files_are_not_reached_through_proc_pid_root(
     try:
         time.sleep(1)
         pid = direct("inspect", "-f", "{{.State.Pid}}", victim, check=True).stdout.strip()
-        _user_link(home / "via", f"/proc/{pid}/root/secret")
+        user_link(home / "via", f"/proc/{pid}/root/secret")
         r = via_agent("run", "--rm", "--name", name, "--network", "none", "-v",
                       f"{home / 'via'}:/d", stack.images["busybox"], "cat", "/d/s")  # fmt: skip
         assert "victims-secret" not in r.stdout, (
@@ -306,7 +293,7 @@ def test_restore_does_not_mount_a_root_file_that_took_a_deleted_sources_inode(
                 break
         if hit is None:
             pytest.skip("the file system did not reuse the inode number here")
-        _user_link(seed, hit)
+        user_link(seed, hit)
         eci_agent("pins", "restore", "--state-dir", str(state),
                   "--runtime-dir", str(own_agent.runtime_dir))  # fmt: skip
         seen = direct("start", "-a", name).stdout

@@ -18,6 +18,7 @@ import pytest
 
 from tests.e2e.agent_process import DEFAULT_SETTINGS, settings_with
 from tests.e2e.conftest import NOBODY, _docker
+from tests.e2e.test_review_session8b import _inspect
 from tests.e2e.test_socket_mount import registry_ref
 
 pytestmark = pytest.mark.engine
@@ -45,27 +46,6 @@ def shared_home(tmp_path: Path) -> Iterator[Path]:
         yield user
     finally:
         subprocess.run(["umount", "-R", "-l", str(base)], check=False)
-
-
-def _user_link(link: Path, to: str | Path) -> None:
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(to)
-    os.lchown(link, NOBODY, NOBODY)
-
-
-def _swap_to(path: Path, to: str | Path) -> None:
-    path.rename(path.with_name(path.name + ".old"))
-    _user_link(path, to)
-
-
-def _status(reply: bytes) -> int:
-    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.") else 0
-
-
-def _inspect(direct: Any, what: str, kind: str = "container") -> Any:
-    r = direct(kind, "inspect", what)
-    return (json.loads(r.stdout) or [None])[0] if r.returncode == 0 else None
 
 
 def _with_exceptions(*entries: dict[str, Any], base: dict[str, Any] | None = None) -> dict:
