@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import platformdirs
-
 APP = "eci-agent"
 
 #: Docker Desktop's own admin-settings.json location per OS, so an org's file works unchanged.
@@ -43,6 +41,10 @@ def default_settings_path(platform: str | None = None) -> Path:
 
 
 def default_state_dir() -> Path:
+    # Loaded here, not at import: the service unit names its folders, and platformdirs with
+    # what it imports (tempfile, shutil and their compressors) is ~1 MiB of the agent's RSS.
+    import platformdirs
+
     return (
         Path(platformdirs.site_data_dir(APP))
         if _is_root()
@@ -53,6 +55,8 @@ def default_state_dir() -> Path:
 def default_runtime_dir() -> Path:
     if _is_root() and _platform() == "linux":
         return Path("/run") / APP
+    import platformdirs
+
     return Path(platformdirs.user_runtime_dir(APP))
 
 

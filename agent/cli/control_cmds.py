@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import paths
-from agent.control.client import ControlClient, ControlError, Refused
 from agent.events.model import Event
 from agent.events.store import Retention
 
 if TYPE_CHECKING:
+    from agent.control.client import ControlClient, ControlError
     from agent.control.wiring import AgentServices
     from agent.settings.state import SettingsState
 
@@ -163,10 +163,15 @@ def open_services(
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
+    # The admin's commands only: `run` never loads the client (http.client, email: ~1.5 MiB).
+    from agent.control.client import ControlClient
+
     return ControlClient(args.control or default_control_socket())
 
 
 def _fail(command: str, err: ControlError) -> int:
+    from agent.control.client import Refused
+
     print(f"eci-agent {command}: {err}", file=sys.stderr)
     return EXIT_REFUSED if isinstance(err, Refused) else EXIT_UNAVAILABLE
 
@@ -228,6 +233,8 @@ def print_status(doc: Mapping[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from agent.control.client import ControlError
+
     try:
         doc = _client(args).get("/v1/status")
     except ControlError as err:
@@ -291,6 +298,8 @@ class _Output:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from agent.control.client import ControlError
+
     client = _client(args)
     try:
         out = _Output(args)
@@ -325,6 +334,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
+    from agent.control.client import ControlError
     from agent.events.suggest import suggest
 
     client = _client(args)

@@ -57,8 +57,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-import hpack
-
 from agent.policy.isolation import Violation
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -169,6 +167,10 @@ class GrpcInspector:
         self._hold_whole = hold_whole_message
         self._max_held = max_held
         self._max_frame = min(max_frame_size, MAX_FRAME_SIZE)
+        # Loaded with the first BuildKit stream, not at start: its Huffman table and module
+        # are ~0.4 MiB of an agent that may never see one.
+        import hpack
+
         self._decoder = hpack.Decoder()
         self._decoder.max_allowed_table_size = header_table_size
         self._decoder.max_header_list_size = max_header_list_size

@@ -255,3 +255,82 @@ def test_secrets_stay_out_of_reprs_errors_and_logs(
     logging.getLogger("eci_agent.registry").warning("lookup failed: %s (%r)", info.value, cred)
     assert SECRET not in str(info.value)
     assert SECRET not in caplog.text
+
+
+# -- the transport (h11 over a socket, TLS with certificate checks) ---------------------------
+
+
+def _tls_server(tmp_path: Any, fake: Fake) -> tuple[ThreadingHTTPServer, str]:
+    """The fake registry behind TLS, with a self-signed certificate for 127.0.0.1."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = _serve(fake)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server, str(cert)
+
+
+def test_https_checks_the_registry_certificate(tmp_path: Any, monkeypatch: Any) -> None:
+    f = Fake()
+    server, cert = _tls_server(tmp_path, f)
+    url = f"https://127.0.0.1:{f.port}/v2/a/b/manifests/1"
+    try:
+        client = RegistryClient(timeout=5)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+        with pytest.raises(RegistryUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            client._request("HEAD", url, {})
+        assert f.seen == []  # nothing was sent before the certificate was checked
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+        status, headers, body = client._request("GET", url, {}, read_limit=1024)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (status, headers["docker-content-digest"], body) == (200, DIGEST, MANIFEST)
+    assert f.seen[0][2]["Host"] == f"127.0.0.1:{f.port}"
+
+
+def test_an_answer_over_the_read_limit_is_refused(fake: Fake) -> None:
+    url = f"http://{domain(fake)}/v2/a/b/manifests/1"
+    client = RegistryClient()
+    assert client._request("GET", url, {}, read_limit=len(MANIFEST))[2] == MANIFEST
+    with pytest.raises(RegistryError, match=f"larger than {len(MANIFEST) - 1} bytes"):
+        client._request("GET", url, {}, read_limit=len(MANIFEST) - 1)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"HTTP/1.1 200 OK\r\nDocker-Content", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab",
+     b"SSH-2.0-OpenSSH\r\n\r\n"],
+    ids=["nothing", "half-a-head", "short-body", "not-http"],
+)  # fmt: skip
+def test_a_registry_that_hangs_up_or_speaks_no_http_is_unreachable(answer: bytes) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(answer)
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RegistryUnreachable, match=f"127.0.0.1:{port}"):
+            RegistryClient(timeout=5)._request(
+                "GET", f"http://127.0.0.1:{port}/v2/", {}, read_limit=100
+            )
+    finally:
+        thread.join(5)
+        listener.close()
