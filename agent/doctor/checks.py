@@ -87,8 +87,8 @@ class EngineFacts:
     error: str | None = None
     #: `GET /plugins` (None: not read).
     plugins: tuple[Any, ...] | None = None
-    #: Containers' bind sources a user other than root can change, given to the engine as
-    #: written, not pinned (container name, source); None: not read.
+    #: Bind sources a user other than root can change, given to the engine as written, not
+    #: pinned: (container name, or `service NAME` / `volume NAME`, source); None: not read.
     unpinned: tuple[tuple[str, str], ...] | None = None
 
 
@@ -652,29 +652,45 @@ def check_volume_plugins(facts: DoctorFacts) -> list[Finding]:
 
 
 def check_unpinned_binds(facts: DoctorFacts) -> list[Finding]:
-    """Containers made before eci-agent pinned bind sources (or on the raw socket) whose
-    bind a user can change: the engine resolves it again at each of its own restarts, so a
-    swap after the agent's judgement still works there (docs/ISOLATION.md, pins)."""
+    """Containers, services and local bind volumes made before eci-agent pinned bind sources
+    (or on the raw socket) whose source a user can change: the engine resolves it again each
+    time it mounts it (its own restarts, a service's new tasks, any container using the
+    volume), so a swap after the agent's judgement still works there (docs/ISOLATION.md)."""
     unpinned = facts.engine.unpinned
     if unpinned is None:
         return []
     if not unpinned:
         return [
-            Finding("unpinned-binds", OK, "no container binds a path a user can change unpinned")
+            Finding(
+                "unpinned-binds",
+                OK,
+                "no container, service or volume binds a path a user can change unpinned",
+            )
         ]
-    names = sorted({name for name, _ in unpinned})
-    shown = ", ".join(f"{n} ({s})" for n, s in sorted(unpinned)[:5])
+    owners = sorted({who for who, _ in unpinned})
+    counts = {
+        kind: sum(1 for who in owners if _owner_kind(who) == kind)
+        for kind in ("container", "service", "volume")
+    }
+    counted = ", ".join(f"{n} {kind}(s)" for kind, n in counts.items() if n)
+    shown = ", ".join(f"{who} ({src})" for who, src in sorted(unpinned)[:5])
     more = f" and {len(unpinned) - 5} more" if len(unpinned) > 5 else ""
     return [
         Finding(
             "unpinned-binds",
             WARN,
-            f"{len(names)} container(s) bind a path a user other than root can change, as "
-            f"written (made before eci-agent pinned such sources, or without it): {shown}{more}; "
-            "the engine resolves it again at each restart it makes by itself",
+            f"{counted} bind a path a user other than root can change, as written (made "
+            f"before eci-agent pinned such sources, or without it): {shown}{more}; the engine "
+            "resolves it again each time it mounts it",
             "remove them and create them again through eci-agent",
         )
     ]
+
+
+def _owner_kind(who: str) -> str:
+    """`service NAME` and `volume NAME` are named so; a container by its name alone."""
+    kind = who.partition(" ")[0]
+    return kind if kind in ("service", "volume") and " " in who else "container"
 
 
 def check_settings(facts: DoctorFacts) -> list[Finding]:

@@ -29,6 +29,7 @@ from agent.doctor.checks import (
     parse_passwd_primary,
     parse_proc_net_tcp,
 )
+from agent.policy.mounts import UnreadableMount, local_volume_mount
 from agent.proxy.engine_client import EngineClient, EngineError
 from agent.proxy.host_paths import only_root_can_change
 
@@ -96,8 +97,9 @@ async def _engine_answers(
     tuple[Any, ...] | None,
     tuple[tuple[str, str], ...] | None,
 ]:
-    """`GET /version`, `/info` (or the error), `/plugins` and each container's bind sources
-    (`/containers/json?all=1`: name, source); None where it could not be read."""
+    """`GET /version`, `/info` (or the error), `/plugins` and the bind sources the engine
+    keeps (who, source): containers (`/containers/json?all=1`), services (`/services`, none
+    when not a swarm manager) and local bind volumes (`/volumes`); None where not read."""
     client = EngineClient(socket_path, keep=1, timeout=ENGINE_TIMEOUT)
     try:
         version = await client.version()
@@ -108,8 +110,14 @@ async def _engine_answers(
             plugins = None
         listed = tuple(plugins) if isinstance(plugins, list) else None
         try:
-            binds: tuple[tuple[str, str], ...] | None = _bind_sources(
-                await client.get_json("/containers/json", all="1")
+            containers = await client.get_json("/containers/json", all="1")
+            volumes = await client.get_json("/volumes")
+            try:
+                services = await client.get_json("/services")
+            except EngineError:
+                services = []  # not a swarm manager
+            binds: tuple[tuple[str, str], ...] | None = (
+                _bind_sources(containers) + _service_sources(services) + _volume_sources(volumes)
             )
         except (EngineError, TypeError, ValueError, AttributeError):
             binds = None
@@ -127,6 +135,34 @@ def _bind_sources(containers: Any) -> tuple[tuple[str, str], ...]:
         for mount in container.get("Mounts") or ():
             if mount.get("Type") == "bind" and isinstance(mount.get("Source"), str):
                 out.append((str(names[0]).lstrip("/"), mount["Source"]))
+    return tuple(out)
+
+
+def _service_sources(services: Any) -> tuple[tuple[str, str], ...]:
+    """A service's bind sources, in its spec and in the spec a rollback would put back: the
+    engine resolves them again for every task it starts."""
+    out: list[tuple[str, str]] = []
+    for service in services or ():
+        name = f"service {(service.get('Spec') or {}).get('Name') or service.get('ID', '?')[:12]}"
+        for spec in (service.get("Spec"), service.get("PreviousSpec")):
+            task = (spec or {}).get("TaskTemplate") or {}
+            for mount in (task.get("ContainerSpec") or {}).get("Mounts") or ():
+                if mount.get("Type") == "bind" and isinstance(mount.get("Source"), str):
+                    out.append((name, mount["Source"]))
+    return tuple(dict.fromkeys(out))
+
+
+def _volume_sources(volumes: Any) -> tuple[tuple[str, str], ...]:
+    """Local volumes that bind a host folder (`o=bind`): mounted afresh by every container."""
+    out: list[tuple[str, str]] = []
+    for volume in (volumes or {}).get("Volumes") or ():
+        where = f"volume {volume.get('Name', '?')}"
+        try:
+            host = local_volume_mount(volume.get("Driver"), volume.get("Options"), where)
+        except UnreadableMount:
+            continue  # not a bind: what it mounts is no path a user could swap
+        if host is not None:
+            out.append((where, host.source))
     return tuple(out)
 
 

@@ -344,33 +344,65 @@ def test_one_request_may_not_make_more_than_64_pins(agent, via_agent, direct, st
         direct("rm", "-f", name)
 
 
+def _doctor_finding(agent: Any, stack: Any) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "doctor", "--json", "--engine", stack.engine_socket,
+         "--control", agent.control, "--settings", str(agent.settings_path)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    (only,) = [f for f in json.loads(r.stdout)["findings"] if f["check"] == "unpinned-binds"]
+    return dict(only)
+
+
 def test_the_doctor_names_containers_whose_user_bind_is_not_pinned(
     agent, via_agent, direct, stack, name, home
 ):
     """One made on the raw socket (as before eci-agent) keeps the path as written: the
     engine resolves it again at each of its own restarts. One made through the agent has a
     pin, which only root can change."""
-    import subprocess
-    import sys
-
-    def finding() -> dict[str, Any]:
-        r = subprocess.run(
-            [sys.executable, "-m", "agent", "doctor", "--json", "--engine", stack.engine_socket,
-             "--control", agent.control, "--settings", str(agent.settings_path)],
-            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        (only,) = [f for f in json.loads(r.stdout)["findings"] if f["check"] == "unpinned-binds"]
-        return dict(only)
-
     raw, pinned = name + "-raw", name + "-pinned"
     via_agent("create", "--name", pinned, "-v", f"{home / 'project'}:/d", stack.images["busybox"],
               "true", check=True)  # fmt: skip
     try:
-        assert pinned not in finding()["message"]
+        assert pinned not in _doctor_finding(agent, stack)["message"]
         direct("create", "--name", raw, "-v", f"{home / 'project'}:/d", stack.images["busybox"],
                "true", check=True)  # fmt: skip
-        seen = finding()
+        seen = _doctor_finding(agent, stack)
         assert seen["status"] == "warn" and raw in seen["message"], seen
         assert f"{home / 'project'}" in seen["message"] and pinned not in seen["message"], seen
     finally:
         direct("rm", "-f", raw, pinned)
+
+
+def test_the_doctor_names_bind_volumes_and_services_that_are_not_pinned(
+    agent, swarm, via_agent, direct, stack, name, home
+):
+    """A local bind volume and a service keep their source too: every container using the
+    volume, and every task of the service, mounts it afresh. Made on the raw socket they are
+    named; made through the agent they name a pin and are not."""
+    folder = f"{home / 'project'}"
+    bind_opts = ["--driver", "local", "--opt", "type=none", "--opt", "o=bind",
+                 "--opt", f"device={folder}"]  # fmt: skip
+    service_args = ["service", "create", "--detach", "--mount",
+                    f"type=bind,source={folder},target=/d", stack.images["busybox"],
+                    "sleep", "600"]  # fmt: skip
+    try:
+        via_agent("volume", "create", *bind_opts, name + "-vp", check=True)
+        via_agent(*service_args[:2], "--name", name + "-sp", *service_args[2:], check=True)
+        seen = _doctor_finding(agent, stack)
+        assert name not in seen["message"], f"made through the agent, yet named: {seen}"
+        direct("volume", "create", *bind_opts, name + "-vr", check=True)
+        direct(*service_args[:2], "--name", name + "-sr", *service_args[2:], check=True)
+        seen = _doctor_finding(agent, stack)
+        assert seen["status"] == "warn", seen
+        assert f"volume {name}-vr ({folder})" in seen["message"], seen
+        assert f"service {name}-sr ({folder})" in seen["message"], seen
+        assert f"{name}-vp" not in seen["message"] and f"{name}-sp" not in seen["message"], seen
+    finally:
+        for sid in (name + "-sp", name + "-sr"):
+            direct("service", "rm", sid)
+        for vol in (name + "-vp", name + "-vr"):
+            direct("volume", "rm", "-f", vol)

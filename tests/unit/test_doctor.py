@@ -361,12 +361,16 @@ def test_volume_plugins_from_the_plugin_list() -> None:
 @pytest.mark.parametrize(
     ("unpinned", "status", "words"),
     [
-        ((), "ok", "no container binds a path a user can change unpinned"),
+        ((), "ok", "no container, service or volume binds a path a user can change unpinned"),
         ((("web", "/home/u/site"), ("web", "/home/u/conf"), ("db", "/tmp/u/data")), "warn",
-         "2 container(s)"),
+         "2 container(s) bind a path"),
+        ((("web", "/home/u/site"), ("service api", "/home/u/api"), ("volume data", "/tmp/u/d"),
+          ("volume logs", "/tmp/u/l")), "warn",
+         "1 container(s), 1 service(s), 2 volume(s) bind a path"),
+        ((("service web", "/home/u/site"),), "warn", "1 service(s) bind a path"),
         (tuple((f"c{i}", f"/home/u/{i}") for i in range(7)), "warn", "and 2 more"),
     ],
-    ids=["none", "two-containers", "many"],
+    ids=["none", "two-containers", "all-kinds", "service-only", "many"],
 )  # fmt: skip
 def test_unpinned_binds(unpinned: Any, status: str, words: str) -> None:
     engine = C.EngineFacts(ENGINE, VERSION, INFO_RUNC, unpinned=unpinned)
@@ -376,3 +380,36 @@ def test_unpinned_binds(unpinned: Any, status: str, words: str) -> None:
 
 def test_unpinned_binds_not_read_says_nothing() -> None:
     assert found(facts(engine=C.EngineFacts(ENGINE, VERSION, INFO_RUNC)), "unpinned-binds") == []
+
+
+def test_the_engine_keeps_bind_sources_in_services_and_bind_volumes() -> None:
+    """What `doctor` reads as kept bind sources from `/services` and `/volumes` answers."""
+    from agent.doctor.gather import _service_sources, _volume_sources
+
+    def spec(name: str, *mounts: tuple[str, str]) -> dict[str, Any]:
+        task = {"ContainerSpec": {"Mounts": [{"Type": t, "Source": s} for t, s in mounts]}}
+        return {"Name": name, "TaskTemplate": task}
+
+    services = [
+        {"ID": "a" * 25, "Spec": spec("web", ("bind", "/home/u/site"), ("volume", "data")),
+         "PreviousSpec": spec("web", ("bind", "/home/u/old"), ("bind", "/home/u/site"))},
+        {"ID": "b" * 25, "Spec": spec("", ("tmpfs", ""))},
+    ]  # fmt: skip
+    assert _service_sources(services) == (
+        ("service web", "/home/u/site"),
+        ("service web", "/home/u/old"),
+    )
+    volumes = {
+        "Volumes": [
+            {"Name": "site", "Driver": "local",
+             "Options": {"type": "none", "o": "bind", "device": "/home/u/site"}},
+            {"Name": "r", "Driver": "local",
+             "Options": {"type": "none", "o": "rbind,ro", "device": "/tmp/u"}},
+            {"Name": "plain", "Driver": "local", "Options": None},
+            {"Name": "mem", "Driver": "local", "Options": {"type": "tmpfs", "device": "tmpfs"}},
+            {"Name": "disk", "Driver": "local", "Options": {"type": "ext4", "device": "/dev/sda"}},
+            {"Name": "nfs", "Driver": "other", "Options": {"o": "bind", "device": "/home/u"}},
+        ]
+    }  # fmt: skip
+    assert _volume_sources(volumes) == (("volume site", "/home/u/site"), ("volume r", "/tmp/u"))
+    assert _volume_sources({"Volumes": None}) == () and _service_sources(None) == ()
