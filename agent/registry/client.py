@@ -46,6 +46,8 @@ DOCKER_HUB_ALIASES = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 )
 TIMEOUT = 10.0
+#: A whole answer must be in within this many times `timeout` (each read gets `timeout`).
+READ_DEADLINE = 3
 #: The distribution spec's default token lifetime when the token service does not say.
 DEFAULT_TOKEN_LIFETIME = 60.0
 #: A kept token is not used within this many seconds of its expiry.
@@ -217,6 +219,9 @@ class RegistryClient:
         authority: str,
         read_limit: int,
     ) -> tuple[int, dict[str, str], bytes]:
+        # `timeout` bounds each read; the whole answer must come within READ_DEADLINE reads'
+        # worth too, so a registry that sends a byte now and then cannot hold a lookup forever.
+        deadline = time.monotonic() + self.timeout * READ_DEADLINE
         conn = h11.Connection(h11.CLIENT)
         sock.sendall(
             conn.send(h11.Request(method=method, target=target, headers=fields))
@@ -228,7 +233,18 @@ class RegistryClient:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
+                left = deadline - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise TimeoutError
+                    sock.settimeout(min(left, self.timeout))
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    raise RegistryUnreachable(
+                        f"the registry {authority} did not answer in time (each read may take "
+                        f"{self.timeout:g} s, the whole answer {self.timeout * READ_DEADLINE:g} s)"
+                    ) from None
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
                 answer = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}

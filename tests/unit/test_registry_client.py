@@ -334,3 +334,37 @@ def test_a_registry_that_hangs_up_or_speaks_no_http_is_unreachable(answer: bytes
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_a_registry_that_dribbles_its_answer_is_given_up_on() -> None:
+    """Each read gets the timeout; the whole answer gets three times it, so a byte every
+    now and then cannot hold a lookup (and the create waiting on it) for ever."""
+    import socket
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                if stop.wait(0.2):
+                    return
+                conn.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(
+            RegistryUnreachable, match=r"did not answer in time .*the whole answer 1.5 s"
+        ):
+            RegistryClient(timeout=0.5)._request("HEAD", f"http://127.0.0.1:{port}/v2/", {})
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
