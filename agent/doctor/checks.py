@@ -138,6 +138,8 @@ class DoctorFacts:
     settings: SettingsFacts | None = None
     daemons: tuple[DaemonFacts, ...] | None = None  # None: /proc could not be read
     other_sockets: tuple[OtherSocket, ...] = ()
+    #: `fs.protected_hardlinks` and `fs.protected_symlinks` (None: not read).
+    protected_links: tuple[int | None, int | None] = (None, None)
 
 
 # -- small pure helpers the gatherer uses too --------------------------------------------------
@@ -693,6 +695,44 @@ def _owner_kind(who: str) -> str:
     return kind if kind in ("service", "volume") and " " in who else "container"
 
 
+def check_protected_links(facts: DoctorFacts) -> list[Finding]:
+    """The kernel's link protections. Without `fs.protected_hardlinks`, a user may hard-link a
+    file they neither own nor may write (one in /etc) into a folder of theirs: a bind of that
+    folder then hands a container the file, and nothing about the folder's path or inode says
+    so (the agent judges the paths and folders it is given, not every file inside them).
+    Without `fs.protected_symlinks`, root processes follow users' links in sticky folders like
+    /tmp; the agent judges what such a link leads to and pins it, so that is a weaker note."""
+    hard, sym = facts.protected_links
+    if hard is None and sym is None:
+        return []
+    if hard == 0:
+        return [
+            Finding(
+                "protected-links",
+                WARN,
+                "fs.protected_hardlinks is 0: a user can hard-link a file they do not own (in "
+                "/etc, say) into a folder they bind into a container, and no check on the "
+                "folder sees it" + ("; fs.protected_symlinks is 0 too" if sym == 0 else ""),
+                "sysctl -w fs.protected_hardlinks=1 fs.protected_symlinks=1, and keep it in "
+                "/etc/sysctl.d/ (Debian's default is 1 for both)",
+            )
+        ]
+    if sym == 0:
+        return [
+            Finding(
+                "protected-links",
+                WARN,
+                "fs.protected_symlinks is 0: root processes follow users' links in sticky "
+                "folders like /tmp (the agent judges where a bind source leads and pins it, "
+                "so this is defence in depth)",
+                "sysctl -w fs.protected_symlinks=1, and keep it in /etc/sysctl.d/",
+            )
+        ]
+    return [
+        Finding("protected-links", OK, "the kernel's hard and symbolic link protections are on")
+    ]
+
+
 def check_settings(facts: DoctorFacts) -> list[Finding]:
     s = facts.settings
     if s is None:
@@ -892,6 +932,7 @@ CHECKS = (
     check_isolation,
     check_volume_plugins,
     check_unpinned_binds,
+    check_protected_links,
     check_settings,
     check_agent,
     check_agent_sockets,

@@ -350,4 +350,15 @@ def gather(
         settings=settings_facts(Path(settings_path)),
         daemons=daemons,
         other_sockets=others,
+        protected_links=(
+            _sysctl("/proc/sys/fs/protected_hardlinks"),
+            _sysctl("/proc/sys/fs/protected_symlinks"),
+        ),
     )
+
+
+def _sysctl(path: str) -> int | None:
+    try:
+        return int(_read(path).strip())
+    except (OSError, ValueError):
+        return None

@@ -227,3 +227,23 @@ def test_an_engine_that_also_listens_on_tcp(tcp_stack: tuple[Stack, int, str]) -
             f for f in of(findings, "extra-engine-socket") if "every user" in f["message"]
         ]
         assert finding["status"] == "fail"
+
+
+@needs_root
+def test_hard_links_a_user_may_make_to_others_files_are_named(stack: Stack) -> None:
+    """With fs.protected_hardlinks off, the doctor warns (and says so no longer once it is
+    back on): read off the live kernel setting, which the test turns off and puts back."""
+    setting = Path("/proc/sys/fs/protected_hardlinks")
+    before = setting.read_text().strip()
+    try:
+        setting.write_text("0")
+        _, findings, _ = doctor("--engine", stack.engine_socket)
+        (links,) = [f for f in findings if f["check"] == "protected-links"]
+        assert links["status"] == "warn", links
+        assert "fs.protected_hardlinks is 0" in links["message"], links
+        setting.write_text("1")
+        _, findings, _ = doctor("--engine", stack.engine_socket)
+        (links,) = [f for f in findings if f["check"] == "protected-links"]
+        assert "protected_hardlinks" not in links["message"], links
+    finally:
+        setting.write_text(before)

@@ -413,3 +413,24 @@ def test_the_engine_keeps_bind_sources_in_services_and_bind_volumes() -> None:
     }  # fmt: skip
     assert _volume_sources(volumes) == (("volume site", "/home/u/site"), ("volume r", "/tmp/u"))
     assert _volume_sources({"Volumes": None}) == () and _service_sources(None) == ()
+
+
+@pytest.mark.parametrize(
+    ("links", "status", "words"),
+    [
+        ((1, 1), "ok", "protections are on"),
+        ((0, 1), "warn", "fs.protected_hardlinks is 0"),
+        ((0, 0), "warn", "fs.protected_symlinks is 0 too"),
+        ((1, 0), "warn", "fs.protected_symlinks is 0: root processes follow"),
+        ((None, 1), "ok", "protections are on"),
+    ],
+    ids=["both-on", "hardlinks-off", "both-off", "symlinks-off", "hardlinks-unread"],
+)
+def test_protected_links(links: Any, status: str, words: str) -> None:
+    (finding,) = found(facts(protected_links=links), "protected-links")
+    assert finding.status == status and words in finding.message, finding
+    assert status == "ok" or "sysctl -w" in finding.fix
+
+
+def test_protected_links_not_read_says_nothing() -> None:
+    assert found(facts(), "protected-links") == []
