@@ -30,7 +30,7 @@ from agent.proxy.engine_client import EngineClient, EngineError
 from agent.registry.digests import DigestService
 from agent.registry.puller import RepullError, pull_fresh, repull_reference
 from agent.registry.repull import RepullItem
-from agent.settings.model import SettingsLocked
+from agent.settings.model import UNREADABLE_FILE_DEFAULT, SettingsLocked
 from agent.settings.state import Change, ChangeKind, SettingsState
 
 log = logging.getLogger("eci_agent.services")
@@ -169,7 +169,7 @@ class AgentServices:
         settings = self.state.current.settings
         if not settings.eci.locked:
             return None
-        return str(SettingsLocked(settings.source))
+        return str(SettingsLocked(settings.source, unreadable=settings is UNREADABLE_FILE_DEFAULT))
 
     async def set_eci(self, enabled: bool | None, caller: Caller) -> dict[str, Any]:
         try:

@@ -134,6 +134,11 @@ class AdminSettings:
 #: and the user may switch ECI off (unlocked), as Docker Desktop does without a file.
 BUILTIN_DEFAULT = AdminSettings()
 
+#: The policy in force when a settings file exists but none was ever read from it in this run
+#: (a typo, a file caught half-written at boot): the built-in default, LOCKED. The admin meant
+#: some policy, and a file that cannot be read must not hand users the switch it may lock.
+UNREADABLE_FILE_DEFAULT = AdminSettings(eci=EnhancedContainerIsolation(locked=True))
+
 
 @dataclass(frozen=True, slots=True)
 class Effective:
@@ -155,14 +160,22 @@ class Effective:
     def with_user_choice(self, enabled: bool | None) -> Effective:
         """The user's switch; raises `SettingsLocked` when the admin has locked ECI."""
         if self.settings.eci.locked and enabled is not None:
-            raise SettingsLocked(self.settings.source)
+            raise SettingsLocked(
+                self.settings.source, unreadable=self.settings is UNREADABLE_FILE_DEFAULT
+            )
         return Effective(self.settings, enabled)
 
 
 class SettingsLocked(Exception):
     """The admin locked Enhanced Container Isolation: only the settings file can change it."""
 
-    def __init__(self, source: str | None) -> None:
+    def __init__(self, source: str | None, *, unreadable: bool = False) -> None:
+        if unreadable:
+            super().__init__(
+                "enhanced container isolation is on and locked because the admin settings file "
+                "could not be read (eci-agent status says why); ask your administrator to fix it"
+            )
+            return
         where = source or "the admin settings"
         super().__init__(
             "enhanced container isolation is locked by the administrator "

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from agent.settings.loader import Loaded, LoadResult, Missing, Refused
-from agent.settings.model import BUILTIN_DEFAULT, AdminSettings, Effective
+from agent.settings.model import (
+    BUILTIN_DEFAULT,
+    UNREADABLE_FILE_DEFAULT,
+    AdminSettings,
+    Effective,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +161,7 @@ class SettingsState:
     def _keeping(self) -> str:
         settings = self._current.settings
         if settings.is_builtin_default or self._last_good_at is None:
-            return "keeping the built-in default policy"
+            return "keeping the built-in default policy (ECI on)"
         since = _when(self._last_good_at)
         return f"keeping the last good policy from {since}, {describe(settings)}"
 
@@ -188,6 +193,17 @@ class SettingsState:
             error = f"settings file {result.path} deleted; {self._keeping()}"
             return self._kept(error, error)
         if isinstance(result, Refused):
+            if self._last_good_at is None and self._current.settings.eci.locked is False:
+                # Nothing good was ever read: the default stays in force, but locked (the
+                # user's own switch, if any, is dropped), until the file can be read.
+                self._current = Effective(UNREADABLE_FILE_DEFAULT)
+                self._error = result.reason
+                return Change(
+                    ChangeKind.KEPT,
+                    f"{result.reason}\n{self._keeping()}, locked until the file can be read",
+                    self._current,
+                    result.reason,
+                )
             return self._kept(result.reason, f"{result.reason}\n{self._keeping()}")
         raise TypeError(f"not a load result: {result!r}")
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import pytest
 
 from agent.settings.loader import Loaded, LoadResult, Missing, Refused
-from agent.settings.model import BUILTIN_DEFAULT, AdminSettings, SettingsLocked
+from agent.settings.model import (
+    BUILTIN_DEFAULT,
+    UNREADABLE_FILE_DEFAULT,
+    AdminSettings,
+    SettingsLocked,
+)
 from agent.settings.parse import parse_settings
 from agent.settings.state import Change, ChangeKind, SettingsState
 
@@ -59,6 +64,7 @@ SETTINGS: dict[str, AdminSettings] = {
     "U2": UNLOCKED_2,
     "L": LOCKED_OFF,
     "default": BUILTIN_DEFAULT,
+    "default-locked": UNREADABLE_FILE_DEFAULT,
 }
 
 
@@ -161,18 +167,22 @@ TRANSITIONS: list[tuple[str, list[Step]]] = [
     ),
     (
         "bad file at start: default with an error",
-        [Step("bad", ChangeKind.KEPT, "default", "bad file")],
+        [Step("bad", ChangeKind.KEPT, "default-locked", "bad file")],
     ),
     (
         "bad file at start then deleted: default, no error",
         [
-            Step("bad", ChangeKind.KEPT, "default", "bad file"),
+            Step("bad", ChangeKind.KEPT, "default-locked", "bad file"),
             Step("missing", ChangeKind.APPLIED, "default"),
         ],
     ),
     (
         "bad file at start then fixed",
-        [Step("bad", ChangeKind.KEPT, "default", "bad file"), Step("A", ChangeKind.APPLIED, "A")],
+        [
+            Step("bad", ChangeKind.KEPT, "default-locked", "bad file"),
+            Step("worse", ChangeKind.KEPT, "default-locked", "non-root user"),
+            Step("A", ChangeKind.APPLIED, "A"),
+        ],
     ),
     (
         "last good is the latest good",
@@ -389,3 +399,20 @@ def test_concurrent_updates_are_serialized() -> None:
     assert last.effective == state.current
     assert last.error == state.error
     assert state.current.settings in (A, B)
+
+
+def test_a_file_refused_before_any_was_read_locks_the_switch() -> None:
+    """The admin meant some policy: until the file can be read, the user's own ECI switch
+    (which that file may lock) is refused and any earlier choice is dropped."""
+    state = SettingsState()
+    state.set_user_choice(False)  # no file yet: Docker Desktop's unlocked default
+    assert state.current.eci_enabled is False
+    state.apply(RESULTS["bad"], T0)
+    assert state.current.eci_enabled is True and state.current.settings.eci.locked
+    with pytest.raises(SettingsLocked, match="could not be read"):
+        state.set_user_choice(False)
+    state.apply(RESULTS["U"], T0 + 1)  # readable again, and unlocked: the switch is back
+    state.set_user_choice(False)
+    assert state.current.eci_enabled is False
+    state.apply(RESULTS["bad"], T0 + 2)  # a good file was read: its policy stays, as it said
+    assert state.current.settings is UNLOCKED and state.current.eci_enabled is False
