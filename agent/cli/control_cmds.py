@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import paths
-from agent.events.model import Event
+from agent.events.model import Event, printable
 from agent.events.store import Retention
 
 if TYPE_CHECKING:
@@ -177,6 +177,12 @@ def _fail(command: str, err: ControlError) -> int:
 
 
 def print_status(doc: Mapping[str, Any]) -> None:
+    """The status as lines for people; every line passes `printable` (container and image
+    names, paths and errors can come from clients or files)."""
+
+    def say(line: str) -> None:
+        print(printable(line))
+
     eci = doc.get("eci") or {}
     settings = doc.get("settings") or {}
     engine = doc.get("engine") or {}
@@ -189,44 +195,44 @@ def print_status(doc: Mapping[str, Any]) -> None:
     else:
         lock = "not locked (users may switch it)"
     if doc.get("audit"):
-        print("!!! AUDIT MODE: this machine is NOT protected. eci-agent only records what it")
-        print("!!! would deny (`eci-agent events --kind would-deny`, `eci-agent suggest`).")
+        say("!!! AUDIT MODE: this machine is NOT protected. eci-agent only records what it")
+        say("!!! would deny (`eci-agent events --kind would-deny`, `eci-agent suggest`).")
         state = "audit only"
-    print(f"Enhanced Container Isolation: {state} ({lock})")
+    say(f"Enhanced Container Isolation: {state} ({lock})")
     if settings.get("builtinDefault"):
-        print(f"  settings: built-in default (no file at {settings.get('path')})")
+        say(f"  settings: built-in default (no file at {settings.get('path')})")
     else:
         sha = (settings.get("sha256") or "")[:12]
-        print(f"  settings: {settings.get('source')} (sha256 {sha})")
+        say(f"  settings: {settings.get('source')} (sha256 {sha})")
     if settings.get("lastReload"):
-        print(f"  last reload: {settings['lastReload']}")
+        say(f"  last reload: {settings['lastReload']}")
     if doc.get("settingsError"):
-        print(f"  settings error: {doc['settingsError']}")
+        say(f"  settings error: {doc['settingsError']}")
     if engine.get("reachable"):
-        print(
+        say(
             f"  engine: {engine.get('socket')}: Docker Engine {engine.get('version')} "
             f"(API {engine.get('apiVersion')})"
         )
     else:
-        print(f"  engine: {engine.get('socket')}: NOT REACHABLE: {engine.get('error')}")
+        say(f"  engine: {engine.get('socket')}: NOT REACHABLE: {engine.get('error')}")
     for name, path in (doc.get("listeners") or {}).items():
-        print(f"  {name} socket: {path}")
+        say(f"  {name} socket: {path}")
     dropped = events.get("dropped") or 0
     line = f"  events: {events.get('path')}, last id {events.get('lastId')}"
-    print(line + (f", {dropped} dropped" if dropped else ""))
+    say(line + (f", {dropped} dropped" if dropped else ""))
     isolation = doc.get("isolation") or {}
     for line in str(isolation.get("text") or isolation.get("error") or "").splitlines():
-        print(f"  {line}")
+        say(f"  {line}")
     for c in isolation.get("refusedToStart") or []:
-        print(
+        say(
             f"  made before enforcement, refused on start: {c['name']} ({c['image']}): "
             f"{', '.join(c['refused'])}; fix: {c['fix']}"
         )
     for item in doc.get("needsRepull") or []:
-        print(f"  needs re-pull: {item['image']}: fix: {item['fix']}")
+        say(f"  needs re-pull: {item['image']}: fix: {item['fix']}")
     agent = doc.get("agent") or {}
     code = (agent.get("code") or {}).get("summary")
-    print(
+    say(
         f"  agent: eci-agent {agent.get('version')}, pid {agent.get('pid')}"
         + (f"; proxy code: {code}" if code else "")
     )
@@ -263,7 +269,8 @@ def format_event(event: Event) -> str:
     if event.image:
         parts.append(f"image={event.image}")
     text = " ".join(parts)
-    return f"{text}: {event.message}" if event.message else text
+    # A client's own words (its path, image name) must not forge or hide lines here.
+    return printable(f"{text}: {event.message}" if event.message else text)
 
 
 def _route(args: argparse.Namespace, **extra: Any) -> str:

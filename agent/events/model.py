@@ -12,10 +12,28 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+#: What must not reach a terminal or a log line as it is: C0 and C1 controls (newlines,
+#: carriage returns, escape sequences) and DEL, and the marks that reorder text on screen
+#: (bidirectional overrides and isolates: "Trojan Source").
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control or reordering character shown as a `\\xNN`/`\\uNNNN`
+    escape: a client's own words (an image name, a path) can then neither forge nor hide
+    lines where an admin reads events."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Kind(enum.StrEnum):

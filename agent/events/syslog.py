@@ -26,7 +26,7 @@ import os
 import socket
 from collections.abc import Iterable
 
-from agent.events.model import Event, Kind, format_time
+from agent.events.model import Event, Kind, format_time, printable
 
 SD_ID = "eci@32473"
 APP_NAME = "eci-agent"
@@ -75,7 +75,7 @@ def rfc5424(event: Event, *, hostname: str | None = None, procid: int | None = N
     host = _name(hostname if hostname is not None else socket.gethostname(), 255)
     pid = procid if procid is not None else os.getpid()
     header = f"1 {format_time(event.time)} {host} {APP_NAME} {pid} {_name(event.kind, 32)}"
-    message = event.message.replace("\n", " ")
+    message = printable(event.message)
     return f"{header} {structured_data(event)}" + (f" \ufeff{message}" if message else "")
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 
-from PySide6 import QtGui, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from gui.state import Blocked
 
@@ -20,6 +21,7 @@ class BlockedWindow(QtWidgets.QWidget):
         self.resize(900, 400)
         layout = QtWidgets.QVBoxLayout(self)
         self.summary = QtWidgets.QLabel("No blocked requests yet.")
+        self.summary.setTextFormat(QtCore.Qt.TextFormat.PlainText)
         self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
@@ -32,6 +34,7 @@ class BlockedWindow(QtWidgets.QWidget):
         header.setSectionResizeMode(2, QtWidgets.QHeaderView.ResizeMode.Stretch)
         layout.addWidget(self.table)
         self.error = QtWidgets.QLabel("")
+        self.error.setTextFormat(QtCore.Qt.TextFormat.PlainText)
         self.error.setStyleSheet("color: #c62828; font-weight: bold")
         self.error.setWordWrap(True)
         self.error.hide()
@@ -49,7 +52,9 @@ class BlockedWindow(QtWidgets.QWidget):
             cells = (row.when, row.label, row.message, row.container, row.image, row.request)
             for j, text in enumerate(cells):
                 item = QtWidgets.QTableWidgetItem(text)
-                item.setToolTip(text)
+                # Qt reads a tooltip that looks like HTML as HTML: these words are a client's
+                # own (a path, an image name), so they are shown escaped, as written.
+                item.setToolTip(f"<p style='white-space:pre-wrap'>{html.escape(text)}</p>")
                 if row.would:
                     item.setForeground(QtGui.QColor("#8d6e00"))
                 self.table.setItem(i, j, item)

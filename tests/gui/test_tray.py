@@ -440,3 +440,23 @@ def test_no_access_hint_names_the_control_sockets_own_group(tmp_path: Any) -> No
         assert "--control-group" in err.hint and "daemon" not in err.hint
     finally:
         srv.close()
+
+
+def test_a_clients_words_show_as_written_in_the_blocked_window(qtbot: Any) -> None:
+    """A denial quotes a client's own path or image name: Qt would read HTML in a tooltip (a
+    link, an image, hidden text), so the window shows it escaped, exactly as written."""
+    from PySide6 import QtGui
+
+    agent = Agent()
+    agent.answer = status()
+    tray = make(agent)
+    words = "bind of /home/u/<a href='x'>click</a> & <img src='/etc/x.png'> refused"
+    agent.record("denied", words)
+    tray.tick()
+    window = tray.show_blocked()
+    qtbot.addWidget(window)
+    item = window.table.item(0, 2)
+    assert item.text() == words
+    shown = QtGui.QTextDocument()
+    shown.setHtml(item.toolTip())
+    assert shown.toPlainText() == words, item.toolTip()

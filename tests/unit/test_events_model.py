@@ -111,3 +111,38 @@ def test_denial_takes_the_peer_and_the_decision() -> None:
     assert (event.uid, event.pid, event.gid, event.listener) == (1000, 10, 100, "container")
     assert event.decision == "denied" and event.rule == "socket-mount-image"
     assert event.extra == {"reason": "r"}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain /home/u/é ok", "plain /home/u/é ok"),
+        ("a\nb\rc\td", "a\\x0ab\\x0dc\\x09d"),
+        ("x\x1b[2K\x7f\x85\x9f", "x\\x1b[2K\\x7f\\x85\\x9f"),
+        ("evil\u202etxt.exe\u2066\u200f", "evil\\u202etxt.exe\\u2066\\u200f"),
+        ("\\x0a stays", "\\x0a stays"),
+    ],
+    ids=["plain", "newlines-tab", "escape-del-c1", "bidi", "backslash"],
+)
+def test_printable_shows_controls_as_escapes(text: str, shown: str) -> None:
+    from agent.events.model import printable
+
+    assert printable(text) == shown
+    assert "\n" not in printable(text) and "\x1b" not in printable(text)
+
+
+def test_an_event_line_for_people_is_one_line_whatever_the_client_wrote() -> None:
+    from agent.cli.control_cmds import format_event
+
+    event = Event(
+        kind="denied",
+        time=1_700_000_000.0,
+        message="bind of /tmp/x\r\x1b[2K#1 forged\nline refused",
+        method="POST",
+        path="/containers/create?name=a\nb",
+        image="img\u202e",
+        id=3,
+    )
+    line = format_event(event)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.startswith("#3 ") and "\\x0d\\x1b[2K#1 forged\\x0aline" in line

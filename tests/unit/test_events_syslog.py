@@ -44,7 +44,7 @@ def test_the_message_is_rfc5424_with_structured_data() -> None:
     assert 'rule="socket-mount-image"' in sd and 'status="403"' in sd and 'uid="1000"' in sd
     assert r'commands="[\"push\"\]"' in sd  # ", \ and ] escaped
     assert r'extra="{\"reason\":\"a\\\"b\\\\c\"}"' in sd
-    assert msg == 'docker socket mount denied for "x"] next'
+    assert msg == 'docker socket mount denied for "x"]\\x0anext'
 
 
 def test_parse_address() -> None:
