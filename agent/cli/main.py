@@ -275,12 +275,13 @@ async def _serve(args: argparse.Namespace) -> int:
         sock=activated.get("container"),
     )
 
-    def close_weaker_streams() -> None:
-        closed = host.close_weaker_streams() + container.close_weaker_streams()
+    def close_weaker_sessions() -> None:
+        closed = host.close_weaker_sessions() + container.close_weaker_sessions()
         if closed:
             log.warning(
-                "closed %d BuildKit stream(s) opened before the policy in force read them; "
-                "builds in progress on them fail and can be run again",
+                "closed %d connection(s) let through under a weaker policy and not done (a "
+                "BuildKit stream, a request body passing unread); the command on them fails "
+                "and can be run again",
                 closed,
             )
 
@@ -288,7 +289,7 @@ async def _serve(args: argparse.Namespace) -> int:
     def on_policy_change(change: Any) -> None:
         # At once, in this thread: no remembered head outlives the policy that allowed it.
         host.forget_known_heads()
-        loop.call_soon_threadsafe(close_weaker_streams)
+        loop.call_soon_threadsafe(close_weaker_sessions)
 
     unsubscribe = state.subscribe(on_policy_change)
     notifier = systemd.Notifier()

@@ -797,6 +797,16 @@ class ProxyConnection:
         """Whether the bytes of a spliced stream are still read (BuildKit's /grpc)."""
         return self._grpc is not None
 
+    def unread_body_head(self) -> RequestHead | None:
+        """The head of the request whose body is passing to the engine unread right now (the
+        policy did not ask for it), or None. A policy that now reads such bodies must not let
+        the rest through: the driver closes the connection (`close_weaker_sessions`)."""
+        ex = self._ex
+        if self.phase is Phase.FORWARDING and ex is not None and not ex.needs_body:
+            if not ex.body_done:
+                return ex.head
+        return None
+
     def engine_reusable(self) -> bool:
         """Whether the engine connection sits cleanly between requests (can serve another)."""
         return not self._engine_dirty and not self._engine_busy and self.phase is not Phase.SPLICED

@@ -240,6 +240,10 @@ class _AskAgain(Exception):
     """A judgment made on a reused answer about the image must be made on a fresh one."""
 
 
+#: How many times a request is judged when the policy changes while it is being judged.
+JUDGE_TRIES = 3
+
+
 @dataclass
 class GateConfig:
     engine_socket: str
@@ -338,13 +342,17 @@ class Gate:
     def needs_body(self, head: RequestHead) -> bool:
         if not self.config.current().eci_enabled:
             return False
-        try:
-            target = canonical_target(head.target)
-        except BadTarget:
-            return False
-        match = match_route(head.method, target.path)
-        # The driver asks `judge` about this same head next: keep the routing for it.
-        self._routed = (head, target, match)
+        routed = self._routed
+        if routed is not None and routed[0] is head:
+            match = routed[2]
+        else:
+            try:
+                target = canonical_target(head.target)
+            except BadTarget:
+                return False
+            match = match_route(head.method, target.path)
+            # The driver asks `judge` about this same head next: keep the routing for it.
+            self._routed = (head, target, match)
         return match is not None and match.route.key in BODY_ROUTES
 
     def is_grpc(self, head: RequestHead) -> bool:
@@ -374,35 +382,66 @@ class Gate:
         return target, match_route(head.method, target.path)
 
     async def judge(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
-        effective = self.config.current()
-        if not effective.eci_enabled:
-            return ALLOW, None
+        """The decision on `request` under the policy in force when it is given.
+
+        Judging may wait for facts (the engine, a registry); if the admin's policy changes
+        meanwhile, the request is judged again under the new one (audit mode's let-through
+        included), or refused when the new one must read a body that was passed unread. Only
+        the decision given is recorded."""
+        for _ in range(JUDGE_TRIES):
+            effective = self.config.current()
+            if not effective.eci_enabled:
+                return ALLOW, None
+            if request.body is None and self.needs_body(request.head):
+                decision = deny(
+                    503,
+                    "the policy changed while this request was on its way; send it again",
+                    "policy-changed",
+                )
+                self._record(request, decision, peer, effective)
+                return decision, None
+            decision, body = await self._judge_safely(request, peer)
+            now = self.config.current()
+            if now is effective or now == effective:
+                return self._given(request, peer, effective, decision), body
+            if decision.pins:
+                self.unpin(decision.pins)  # not forwarded: judged again
+        decision = deny(
+            503, "the policy kept changing while this request was judged; send it again",
+            "policy-changed",
+        )  # fmt: skip
+        self._record(request, decision, peer, self.config.current())
+        return decision, None
+
+    async def _judge_safely(self, request: Request, peer: Peer) -> tuple[Decision, bytes | None]:
+        """`_judge`, failing closed: a fact that cannot be had refuses the request (503)."""
         try:
-            decision, body = await self._judge(request, peer)
+            return await self._judge(request, peer)
         except MissingFact as err:
-            decision, body = deny(503, f"cannot evaluate the policy: {err}", "fail-closed"), None
+            return deny(503, f"cannot evaluate the policy: {err}", "fail-closed"), None
         except EngineError as err:
-            decision = deny(
+            return deny(
                 503, f"cannot evaluate the policy: the engine answered {err}", "fail-closed"
-            )
-            body = None
+            ), None
         except Exception as err:  # noqa: BLE001 - fail closed on anything unexpected
             log.exception("policy evaluation failed")
-            decision = deny(503, f"cannot evaluate the policy: {err}", "fail-closed")
-            body = None
-        if not decision.allowed:
-            if (
-                effective.settings.extensions.audit_mode
-                and decision.status == 403
-                and decision.auditable
-            ):
-                # Audit mode: the policy's refusals (403) are recorded and let through. What
-                # cannot be forwarded faithfully (400 ambiguous requests, 404 unknown routes,
-                # 503 unknown facts) is still refused.
+            return deny(503, f"cannot evaluate the policy: {err}", "fail-closed"), None
+
+    def _given(
+        self, request: Request, peer: Peer, effective: Effective, decision: Decision
+    ) -> Decision:
+        """What is done with `decision` under `effective`: recorded when it refuses; audit
+        mode records the policy's refusals (403) and lets them through. What cannot be
+        forwarded faithfully (400 ambiguous requests, 404 unknown routes, 503 unknown facts)
+        is still refused."""
+        if decision.allowed:
+            return decision
+        if effective.settings.extensions.audit_mode and decision.status == 403:
+            if decision.auditable:
                 self._record(request, decision, peer, effective, would=True)
-                return _audited(decision), body
-            self._record(request, decision, peer, effective)
-        return decision, body
+                return _audited(decision)
+        self._record(request, decision, peer, effective)
+        return decision
 
     def unpin(self, pins: tuple[str, ...]) -> None:
         """The engine refused a request forwarded with these pins: release them now."""

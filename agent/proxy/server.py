@@ -403,6 +403,18 @@ class _Session(asyncio.Protocol):
         else:
             self._connect()
 
+    def weaker_stream(self) -> bool:
+        """A /grpc stream carried unread or only recorded, while the policy now cuts them."""
+        return (
+            self.grpc_stream in ("unread", "grpc-audit")
+            and self.gate.grpc_inspection() == "grpc"
+        )
+
+    def weaker_body(self) -> bool:
+        """A request body passing unread that the policy in force now reads."""
+        head = self.conn.unread_body_head()
+        return head is not None and self.gate.needs_body(head)
+
     def data_received(self, data: bytes) -> None:
         self._run(self.conn.client_data(data))
         if self.conn.backlog > HIGH_WATER and not self.closed:
@@ -581,6 +593,11 @@ class _Session(asyncio.Protocol):
                 head = self.conn.stream_head
                 if head is not None and self.gate.is_grpc(head):
                     self.grpc_stream = self.conn.stream_inspect or "unread"
+                    if self.weaker_stream():
+                        # Judged under a weaker policy, joined after a stronger one came
+                        # (the engine's 101 was slow): never carried unread or audit-only.
+                        self.close()
+                        return
                 if KERNEL_SPLICE and not self.conn.inspecting:
                     asyncio.get_running_loop().call_soon(self._hand_to_kernel)
             elif type(command) is StreamRefused:
@@ -775,14 +792,18 @@ class ProxyListener:
             self._session, sock=sock, backlog=BACKLOG
         )
 
-    def close_weaker_streams(self) -> int:
-        """After a policy change: end the BuildKit streams opened under a weaker one (ECI off,
-        or audit mode) when /grpc is now read and cut. Their bytes were never read, or read
-        only to record, and a Solve sent on them now would reach the engine unjudged; BuildKit
-        reports the lost connection and the next build opens a new, inspected one."""
-        if self.gate.grpc_inspection() != "grpc":
-            return 0
-        weaker = [s for s in self._sessions if s.grpc_stream in ("unread", "grpc-audit")]
+    def close_weaker_sessions(self) -> int:
+        """After a policy change, end what was let through under a weaker one and is not done:
+
+        - BuildKit streams opened under ECI off or audit mode when /grpc is now read and cut.
+          Their bytes were never read, or read only to record, and a Solve sent on them now
+          would reach the engine unjudged; BuildKit reports the lost connection and the next
+          build opens a new, inspected one. (A stream whose engine answer comes after this is
+          closed when it comes: `_Session.weaker_stream`.)
+        - requests whose body is still passing unread (admitted under ECI off) when the policy
+          now reads such bodies: the rest of a create must not reach the engine unjudged. The
+          engine sees the body end early and makes nothing; the client may send it again."""
+        weaker = [s for s in self._sessions if s.weaker_stream() or s.weaker_body()]
         for session in weaker:
             session.close()
         return len(weaker)

@@ -10,7 +10,7 @@
 - A /grpc stream opened while ECI is off (or in audit mode) was never inspected, even after ECI
   was turned on (enforcing): its Solve with `network.host` reached the engine. Found in this
   review (older than the kernel splice); such streams are now closed when the policy changes
-  (`ProxyListener.close_weaker_streams`).
+  (`ProxyListener.close_weaker_sessions`).
 """
 
 from __future__ import annotations

@@ -440,11 +440,11 @@ def test_streams_opened_under_a_weaker_policy_are_closed_when_grpc_gets_read() -
             await asyncio.sleep(0.05)
             modes = sorted(str(s.grpc_stream) for s in rg.listener._sessions)
             assert modes == ["None", "unread"]
-            assert rg.listener.close_weaker_streams() == 0  # still ECI off
+            assert rg.listener.close_weaker_sessions() == 0  # still ECI off
             gate.inspection = "grpc-audit"
-            assert rg.listener.close_weaker_streams() == 0  # read to record: still weaker
+            assert rg.listener.close_weaker_sessions() == 0  # read to record: still weaker
             gate.inspection = "grpc"
-            assert rg.listener.close_weaker_streams() == 1
+            assert rg.listener.close_weaker_sessions() == 1
             assert await asyncio.wait_for(streams["grpc"][0].read(), 5) == b""
             assert len(rg.listener._sessions) == 1
             attach_r, attach_w = streams["attach"]
