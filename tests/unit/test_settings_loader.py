@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from agent.settings.loader import (
     Refused,
     load_settings,
     untrusted_reasons,
+    walk_path,
 )
 from agent.settings.model import BUILTIN_DEFAULT
 
@@ -299,3 +301,76 @@ def test_untrusted_reasons_with_a_fake_lstat() -> None:
         "folder /etc is owned by uid 0, not uid 501",
         "folder / is owned by uid 0, not uid 501",
     ]
+
+
+def _fake_tree(entries: dict[str, tuple[int, int, str | None]]) -> tuple[Any, Any]:
+    """lstat and readlink over `path -> (mode, uid, link target)`."""
+
+    def lstat(path: str) -> os.stat_result:
+        if path not in entries:
+            raise FileNotFoundError(path)
+        mode, uid, _ = entries[path]
+        return os.stat_result((mode, hash(path) & 0xFFFF, 1, 1, uid, 0, 0, 0, 0, 0))
+
+    def readlink(path: str) -> str:
+        target = entries[path][2]
+        assert target is not None
+        return target
+
+    return lstat, readlink
+
+
+DIR, FILE, LINK = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFLNK | 0o777
+
+
+def test_a_symlink_inside_a_links_target_is_checked_with_its_folder() -> None:
+    """/etc/eci/a.json -> /srv/cfg/a.json, and /srv/cfg -> /data/strict: /srv is a user's, so
+    they can repoint cfg; neither the given path nor the resolved one passes through it."""
+    lstat, readlink = _fake_tree(
+        {
+            "/": (DIR, 0, None),
+            "/etc": (DIR, 0, None),
+            "/etc/eci": (DIR, 0, None),
+            "/etc/eci/a.json": (LINK, 0, "/srv/cfg/a.json"),
+            "/srv": (DIR, 65534, None),
+            "/srv/cfg": (LINK, 65534, "../data/strict"),
+            "/data": (DIR, 0, None),
+            "/data/strict": (DIR, 0, None),
+            "/data/strict/a.json": (FILE, 0, None),
+        }
+    )
+    walked = [n for n, _ in walk_path(Path("/etc/eci/a.json"), lstat=lstat, readlink=readlink)]
+    assert walked == ["/", "/etc", "/etc/eci", "/etc/eci/a.json", "/srv", "/srv/cfg", "/data",
+                      "/data/strict", "/data/strict/a.json"]  # fmt: skip
+    reasons = untrusted_reasons(Path("/etc/eci/a.json"), lstat=lstat, readlink=readlink)
+    assert reasons == [
+        "symlink /srv/cfg is owned by uid 65534, not root",
+        "folder /srv is owned by uid 65534, not root",
+    ]
+
+
+def test_a_symlink_loop_is_refused_not_followed_forever() -> None:
+    lstat, readlink = _fake_tree(
+        {"/": (DIR, 0, None), "/a": (LINK, 0, "/b"), "/b": (LINK, 0, "/a")}
+    )
+    assert untrusted_reasons(Path("/a"), lstat=lstat, readlink=readlink) == [
+        "/a passes through more than 40 symlinks"
+    ]
+
+
+def test_the_file_read_is_the_file_checked(tree: Path, monkeypatch: Any) -> None:
+    """A link repointed between the check and the open is caught by the inode."""
+    import agent.settings.loader as loader
+
+    real_walk = loader.walk_path
+    other = tree.parent / "other.json"
+    other.write_bytes(tree.read_bytes())
+
+    def walk_then_swap(path: Path, **kw: Any) -> Any:
+        nodes = real_walk(path, **kw)
+        os.replace(other, tree)  # another file at the path once it was checked
+        return nodes
+
+    monkeypatch.setattr(loader, "walk_path", walk_then_swap)
+    result = load_settings(tree, strict_modes=True)
+    assert isinstance(result, Refused) and "changed while it was being read" in result.reason
