@@ -29,15 +29,13 @@ manages the same object, and says so in a comment.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent.policy.commands import CANONICAL_COMMANDS, CommandPattern
 from agent.policy.gojson import GoObject
-from agent.policy.imageref import InvalidReference, parse_image_ref
-from agent.settings.model import AdminSettings, CommandList, CommandListType
+from agent.settings.model import CommandList, CommandListType
 
 #: Routes allowed whatever the command list says. Every docker CLI process that talks to the
 #: engine first sends `HEAD /_ping` (and `GET /_ping` when that fails) to negotiate the API
@@ -409,31 +407,6 @@ def command_blocked_message(raw_target: str, settings_where: str) -> str:
         f'docker command "{raw_target}" is blocked; if you wish to allow it, configure the '
         f"docker socket command list in {settings_where}"
     )
-
-
-_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def command_list_for(settings: AdminSettings, image_name: str | None) -> CommandList:
-    """The command list for a container running `image_name` (its image as it was created).
-
-    The first `eciAgent.commandLists` entry with an image pattern matching the name and tag
-    wins (the digest was checked when the socket mount was allowed); otherwise, or when the
-    name is not an image reference (an image ID), the global `dockerSocketMount.commandList`.
-    """
-    fallback = settings.eci.socket_mount.command_list
-    if image_name is None or not settings.extensions.image_command_lists:
-        return fallback
-    if _IMAGE_ID.fullmatch(image_name):
-        return fallback  # `sha256:<hex>` would otherwise read as the repository `sha256`
-    try:
-        ref = parse_image_ref(image_name)
-    except InvalidReference:
-        return fallback
-    for entry in settings.extensions.image_command_lists:
-        if any(p.matches_name(ref) for p in entry.images):
-            return entry.command_list
-    return fallback
 
 
 def _check_table() -> None:

@@ -446,14 +446,22 @@ def decide_created_image(
 
 
 def decide_container_peer(
-    container: str, image_name: str, verdict: ImageVerdict | None, *, settings_where: str
+    container: str,
+    image_name: str,
+    verdict: ImageVerdict | None,
+    *,
+    settings_where: str,
+    listener: str = "host",
 ) -> Decision:
-    """A process inside `container` talks to the agent's HOST-facing socket.
+    """A process inside `container` talks to one of the agent's sockets.
 
-    The agent never hands that socket to a container, so it was reached some other way (a
-    hard link inside a bound folder, a folder bound before the agent ran, ...). Such a client
-    gets no more than a socket mount would give it: it is served only while its image is one
-    the image list allows (`verdict`; None when the container or image could not be read).
+    The HOST-facing one is never handed to a container, so it was reached some other way (a
+    hard link inside a bound folder, a folder bound before the agent ran, ...). The container-
+    facing one is handed only to containers whose image may mount the socket, but another
+    container may reach it through theirs (a shared PID namespace: `/proc/1/root/...`). Either
+    way a client gets no more than a socket mount would give it: it is served only while its
+    own image is one the image list allows (`verdict`; None when the container or image could
+    not be read).
     """
     if verdict is not None and verdict.allowed:
         return ALLOW
@@ -465,7 +473,8 @@ def decide_container_peer(
     return deny(
         403,
         f'docker socket mount denied for container with image "{image_name}"; container '
-        f"{container[:12]} reached eci-agent's host socket, which containers may use only when "
+        f"{container[:12]} reached eci-agent's {listener} socket, which containers may use only "
+        "when "
         f"their image may mount the engine socket; {why}; if you wish to allow it, configure "
         f"the docker socket image list in {settings_where}",
         "container-peer",

@@ -35,7 +35,6 @@ from agent.policy.command_map import (
     ALWAYS_ALLOWED_KEYS,
     UnclassifiedRoute,
     command_blocked_message,
-    command_list_for,
     commands_for,
     compose_labelled,
     judge_request,
@@ -135,7 +134,7 @@ from agent.proxy.identity import HOST
 from agent.proxy.server import Peer
 from agent.proxy.server import _start as start_now
 from agent.registry.digests import DigestService
-from agent.settings.model import Effective, ImageList
+from agent.settings.model import CommandList, Effective, ImageList
 
 log = logging.getLogger("eci_agent.gate")
 events_log = logging.getLogger("eci_agent.events")
@@ -191,6 +190,16 @@ SENSITIVE_FOLDERS = (
 )
 #: How long what the engine said about a client's container is reused (name and image).
 CLIENT_TTL = 5.0
+#: What a container may do INTO another container: run a process there (exec), type into its
+#: main process (attach) or write its files (copy in). Judged by `_judge_crossing`.
+INTO_CONTAINER_ROUTES = frozenset(
+    {
+        "POST /containers/{id}/exec",
+        "POST /containers/{id}/attach",
+        "GET /containers/{id}/attach/ws",
+        "PUT /containers/{id}/archive",
+    }
+)
 #: How long the image a create's `Image` was found to be is reused for the next socket-mount
 #: creates naming it, without asking the engine again; and how many names are kept. Safe
 #: because such a create is checked after the fact anyway (`Gate.verify`: the created
@@ -291,6 +300,10 @@ class Gate:
         self.engine = EngineClient(config.engine_socket)
         self._image_cache: dict[str, LocalImage] = {}
         self._clients: dict[str, tuple[float, ClientContainer]] = {}
+        #: (container, image ID, listener, settings hash) -> (when, the peer-image decision)
+        self._peer_images: dict[tuple[str, str, str, str | None], tuple[float, Decision]] = {}
+        #: (image ID, settings hash) -> (when, the command list for containers of that image)
+        self._command_lists: dict[tuple[str, str | None], tuple[float, CommandList]] = {}
         self._routed: tuple[RequestHead, Target, RouteMatch | None] | None = None
         self._sensitive_cache: tuple[EngineIsolation, float, tuple[SensitivePath, ...]] | None = (
             None
@@ -574,6 +587,11 @@ class Gate:
             )
         if peer.listener == "container" or peer.identity != HOST:
             refused = await self._judge_container_client(request, peer, target, match.route)
+            if isinstance(refused, _Into):
+                # Into another container held to the same command list: forwarded to the one
+                # judged, by ID (a rename in between must not send it elsewhere).
+                decision, body = await self._judge_request(request, target, match)
+                return _pinned_into(decision, target, head.target, match, refused.id), body
             if refused is not None:
                 if refused.status != 403 or not self._auditing():
                     return refused, None
@@ -715,32 +733,41 @@ class Gate:
 
     async def _judge_container_client(
         self, request: Request, peer: Peer, target: Target, route: Route
-    ) -> Decision | None:
-        """A process inside a container: the command list, and on the host socket the image.
+    ) -> Decision | _Into | None:
+        """A process inside a container: its image, its command list, and what it does into
+        another container.
 
-        Returns the refusal, or None to go on with the checks every client gets.
+        Returns the refusal, or None to go on with the checks every client gets (`_Into`: and
+        forward to that container by ID).
         """
         client = await self._client(peer)
         effective = self.config.current()
         if peer.listener != "container":
             # The agent never gives a container its host-facing socket: it got there some
             # other way, and is served only as far as a socket mount would have been allowed.
-            decision = await self._judge_peer_image(client)
+            decision = await self._judge_peer_image(client, peer.listener)
             if not decision.allowed:
                 return _attributed(decision, client)
-        elif peer.identity != HOST and client.problem is not None:
-            # A container's process the agent cannot name any more (it connected, handed the
-            # connection on and exited), or a container the engine does not know: its own
-            # per-image list cannot be found, and the global one may be looser.
-            return _attributed(
-                deny(
-                    403,
-                    "eci-agent cannot tell which container sent this request "
-                    f"({client.problem}); refused rather than judged by another command list",
-                    "unknown-peer",
-                ),
-                client,
-            )
+        elif peer.identity != HOST:
+            if client.problem is not None:
+                # A container's process the agent cannot name any more (it connected, handed
+                # the connection on and exited), or a container the engine does not know: its
+                # own per-image list cannot be found, and the global one may be looser.
+                return _attributed(
+                    deny(
+                        403,
+                        "eci-agent cannot tell which container sent this request "
+                        f"({client.problem}); refused rather than judged by another command "
+                        "list",
+                        "unknown-peer",
+                    ),
+                    client,
+                )
+            # Handed to containers whose image may mount the socket, but reachable from others
+            # (a shared PID namespace: /proc/1/root/...): the sender's own image must be one.
+            decision = await self._judge_peer_image(client, peer.listener)
+            if not decision.allowed:
+                return _attributed(decision, client)
         if route.key in ALWAYS_ALLOWED_KEYS:
             return None
         query: dict[str, str] = {}
@@ -751,7 +778,7 @@ class Gate:
             if route.key in LABELLED_CREATES and _compose_labelled(request)
             else frozenset()
         )
-        command_list = command_list_for(effective.settings, client.image or None)
+        command_list = await self._command_list_of(client.image_id)
         try:
             commands = commands_for(route.method, route.template, query) | extra
             verdict = judge_request(command_list, route.method, route.template, query, extra=extra)
@@ -766,6 +793,11 @@ class Gate:
                 client,
             )
         if verdict.allowed:
+            if (
+                route.key in INTO_CONTAINER_ROUTES
+                and effective.settings.extensions.image_command_lists
+            ):
+                return await self._judge_crossing(route, target, client, command_list)
             return None
         decision = deny(
             403,
@@ -782,7 +814,72 @@ class Gate:
         )
         return _attributed(decision, client)
 
-    async def _judge_peer_image(self, client: ClientContainer) -> Decision:
+    async def _command_list_of(self, image_id: str | None) -> CommandList:
+        """The command list for a container of the image with this ID: the first
+        `eciAgent.commandLists` entry whose images admit it BY DIGEST, as the socket image list
+        does (a name is only a name: a tag or an image ID says nothing of who made it),
+        otherwise the global one. Raises `MissingFact` when an entry before the one that
+        applies cannot be judged (its registry is unknown): the lists may differ either way."""
+        settings = self.config.current().settings
+        entries = settings.extensions.image_command_lists
+        fallback = settings.eci.socket_mount.command_list
+        if not entries or not image_id:
+            return fallback
+        key = (image_id, settings.sha256)
+        now = time.monotonic()
+        kept = self._command_lists.get(key)
+        if kept is not None and now - kept[0] < CLIENT_TTL:
+            return kept[1]
+        chosen = fallback
+        image = await self._local_image(image_id)
+        if image is not None and image.id == image_id:
+            for entry in entries:
+                image_list = ImageList(entry.images)
+                answers = await self._registry_answers(registry_queries(image_list, (image,)))
+                verdict = judge_image(image_list, image, answers)
+                if verdict.allowed:
+                    chosen = entry.command_list
+                    break
+                if verdict.unknown:
+                    raise MissingFact(
+                        "which eciAgent.commandLists entry applies to image "
+                        f"{image_id[:19]} cannot be told: {', '.join(verdict.unknown)} could not "
+                        "be asked"
+                    )
+        if len(self._command_lists) > 1024:
+            self._command_lists.clear()
+        self._command_lists[key] = (now, chosen)
+        return chosen
+
+    async def _judge_crossing(
+        self, route: Route, target: Target, client: ClientContainer, own: CommandList
+    ) -> Decision | _Into | None:
+        """A container's exec, attach or copy INTO another container: what runs there is
+        judged by that container's command list (its processes are its own), so a client may
+        only reach one held to the same list as itself."""
+        match = match_route(route.method, target.path)
+        name = match.params.get("id", "") if match is not None else ""
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return None  # the engine answers 404 itself
+        theirs = await self._command_list_of(info.get("Image"))
+        if theirs is own or theirs == own:
+            return _Into(str(info.get("Id") or name))
+        return _attributed(
+            deny(
+                403,
+                f"{_crossing_verb(route)} container "
+                f"{name} is refused: it is held to another command list than the container "
+                "asking (eciAgent.commandLists), and what runs there would be judged by its list; "
+                f"ask your administrator ({self.config.settings_where()})",
+                "command-list-crossing",
+                into=str(info.get("Id") or name),
+            ),
+            client,
+        )
+
+    async def _judge_peer_image(self, client: ClientContainer, listener: str) -> Decision:
         if client.id is None:
             return deny(
                 403,
@@ -790,14 +887,27 @@ class Gate:
                 f"({client.problem}); refused rather than served unchecked",
                 "unknown-peer",
             )
-        image = await self._local_image(client.image_id) if client.image_id else None
-        verdict = await self._image_verdict(image) if image is not None else None
-        return decide_container_peer(
-            client.id,
-            _display_name(client.image or (client.image_id or "")),
-            verdict,
-            settings_where=self.config.settings_where(),
-        )
+        settings = self.config.current().settings
+        key = (client.id, client.image_id or "", listener, settings.sha256)
+        now = time.monotonic()
+        kept = self._peer_images.get(key) if client.image_id else None
+        if kept is not None and now - kept[0] < CLIENT_TTL:
+            decision = kept[1]
+        else:
+            image = await self._local_image(client.image_id) if client.image_id else None
+            verdict = await self._image_verdict(image) if image is not None else None
+            decision = decide_container_peer(
+                client.id,
+                _display_name(client.image or (client.image_id or "")),
+                verdict,
+                settings_where=self.config.settings_where(),
+                listener=listener,
+            )
+            if client.image_id:
+                if len(self._peer_images) > 1024:
+                    self._peer_images.clear()
+                self._peer_images[key] = (now, decision)
+        return decision
 
     async def _client(self, peer: Peer) -> ClientContainer:
         identity = peer.identity
@@ -1956,6 +2066,43 @@ def _compose_labelled(request: Request) -> bool:
 def _no_such_container(name: str) -> Decision:
     """The engine's own answer, in its words, for a container it does not know."""
     return Decision(False, 404, f"No such container: {name}", "no-such-container")
+
+
+def _crossing_verb(route: Route) -> str:
+    """How the docker CLI's user would name a request into another container."""
+    if route.template.endswith("/exec"):
+        return "docker exec into"
+    if route.template.endswith("/archive"):
+        return "docker cp into"
+    return "docker attach to"
+
+
+@dataclass(frozen=True, slots=True)
+class _Into:
+    """A container client's request into another container, allowed: forward it to `id`."""
+
+    id: str
+
+
+def _pinned_into(
+    decision: Decision, target: Target, raw_target: str, match: RouteMatch, container_id: str
+) -> Decision:
+    """`decision`, forwarded to the container judged by `_judge_crossing` (by ID); refused if
+    the request's own checks judged another one (renamed in between)."""
+    if not decision.allowed:
+        return decision
+    suffix = match.route.template.removeprefix("/containers/{id}/")
+    wanted = f"/containers/{container_id}/{suffix}"
+    if decision.target is not None:
+        if decision.target.partition("?")[0].endswith(wanted):
+            return decision
+        return deny(
+            409,
+            f"container {match.params.get('id', '')} changed while this request was judged; "
+            "send it again",
+            "container-moved",
+        )
+    return _pin(decision, target, raw_target, wanted)
 
 
 def _pin(decision: Decision, target: Target, raw_target: str, path: str) -> Decision:

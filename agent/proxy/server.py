@@ -406,8 +406,7 @@ class _Session(asyncio.Protocol):
     def weaker_stream(self) -> bool:
         """A /grpc stream carried unread or only recorded, while the policy now cuts them."""
         return (
-            self.grpc_stream in ("unread", "grpc-audit")
-            and self.gate.grpc_inspection() == "grpc"
+            self.grpc_stream in ("unread", "grpc-audit") and self.gate.grpc_inspection() == "grpc"
         )
 
     def weaker_body(self) -> bool:

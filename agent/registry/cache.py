@@ -27,7 +27,8 @@ from agent.policy.images import RegistryQuery
 CACHE_FILE = "registry-digests.json"
 CACHE_VERSION = 1
 MAX_CACHE_BYTES = 16 * 1024 * 1024
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}")
+#: A content digest as the OCI spec writes one (`algorithm:hex`).
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}")
 
 
 class CacheCorrupt(ValueError):
@@ -72,8 +73,8 @@ def parse_cache(text: str) -> dict[RegistryQuery, CacheEntry]:
             _string(item, "domain"), _string(item, "path"), _string(item, "reference")
         )
         digest = item.get("digest")
-        if digest is not None and (not isinstance(digest, str) or not _DIGEST.fullmatch(digest)):
-            raise CacheCorrupt(f"bad digest for {query}")
+        if digest is not None and (not isinstance(digest, str) or not DIGEST.fullmatch(digest)):
+            continue  # this answer only (written by an older agent): asked again when needed
         fetched = item.get("fetched_at")
         if not isinstance(fetched, int | float) or isinstance(fetched, bool) or fetched < 0:
             raise CacheCorrupt(f"bad fetched_at for {query}")

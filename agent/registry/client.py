@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+from agent.registry.cache import DIGEST
+
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -267,6 +269,9 @@ class RegistryClient:
             raise RegistryAuthError(f"{domain}: bearer challenge without a realm")
         realm_parts = urllib.parse.urlsplit(realm)
         cred = self.credentials_for(domain)
+        if "@" in realm_parts.netloc:
+            # `http://127.0.0.1:x@other/` reads as loopback but is sent to `other`.
+            raise RegistryAuthError(f"{domain}: token service URL with user information; refused")
         if realm_parts.scheme != "https" and not (
             realm_parts.scheme == "http" and self._plain_http_ok(realm_parts.netloc)
         ):
@@ -354,6 +359,11 @@ class RegistryClient:
                 raise RegistryError(f"{domain}: {method} {repo}:{reference} answered {status}")
             digest = resp_headers.get("docker-content-digest")
             if digest:
+                if not DIGEST.fullmatch(digest):
+                    raise RegistryError(
+                        f"{domain}: {repo}:{reference} answered with a malformed digest "
+                        f"{digest[:80]!r}"
+                    )
                 return digest
             if method == "HEAD":
                 method = "GET"  # no digest header: compute it from the manifest bytes

@@ -51,8 +51,8 @@ class ImageCommandList:
     """One `eciAgent.commandLists` entry: the command list for containers of these images.
 
     Our extension: Docker Desktop applies one command list to every socket-mounting container.
-    `images` are matched by name and tag against the container's image (see
-    `agent.policy.command_map.command_list_for`).
+    `images` admit a container's image as the socket image list does, by digest; the first
+    entry that admits it applies (`agent.proxy.gate.Gate._command_list_of`).
     """
 
     images: tuple[ImagePattern, ...]

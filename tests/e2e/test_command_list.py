@@ -82,6 +82,15 @@ def inside(
         box.remove()
 
 
+def pushed_cli_image(direct: Any, stack: Any, ref: str) -> None:
+    """An image of its own with the docker CLI in it (the dockercli image plus a label), pushed
+    as `ref`. Its own digest: per-image command lists go by what an image IS (its digest),
+    so the dockercli image itself pushed under another name would be that image too."""
+    direct("build", "-t", ref, "-", check=True,
+           input=f"FROM {stack.images['dockercli']}\nLABEL eci-test-image={ref}\n")  # fmt: skip
+    direct("push", ref, check=True)
+
+
 def exists(direct: Any, kind: str, name: str) -> bool:
     return direct(kind, "inspect", name).returncode == 0
 
@@ -245,8 +254,7 @@ def test_per_image_list_overrides_the_global_one_only_for_that_image(
     agent, stack, inside, direct, name
 ):
     other = f"{stack.registry}/fixtures/reaper-{name}:1"
-    direct("tag", stack.images["dockercli"], other, check=True)
-    direct("push", other, check=True)
+    pushed_cli_image(direct, stack, other)
     try:
         doc = with_commands(
             [stack.images["dockercli"], other],

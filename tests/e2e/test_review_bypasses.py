@@ -14,7 +14,13 @@ import socket
 import pytest
 
 from tests.e2e.agent_process import AgentProcess
-from tests.e2e.test_command_list import assert_blocked, exists, inside, with_commands
+from tests.e2e.test_command_list import (
+    assert_blocked,
+    exists,
+    inside,
+    pushed_cli_image,
+    with_commands,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -28,8 +34,7 @@ def test_a_cgroup_parent_naming_another_container_does_not_borrow_its_command_li
     creator's to choose: a new container placed under a cgroup named like another
     container's ID must still be held to its own image's list."""
     loose = f"{stack.registry}/fixtures/loose-{name}:1"
-    direct("tag", stack.images["dockercli"], loose, check=True)
-    direct("push", loose, check=True)
+    pushed_cli_image(direct, stack, loose)
     volume = name + "-vol"
     try:
         agent.set_settings(

@@ -18,7 +18,6 @@ from agent.policy.command_map import (
     CommandVerdict,
     UnclassifiedRoute,
     command_blocked_message,
-    command_list_for,
     commands_for,
     compose_labelled,
     judge_commands,
@@ -559,55 +558,16 @@ SETTINGS = b"""{
 }"""
 
 
-@pytest.mark.parametrize(
-    ("image", "entry"),
-    [
-        ("testcontainers/ryuk:0.11.0", 0),
-        ("docker.io/testcontainers/ryuk", 0),
-        ("testcontainers/ryuk@sha256:" + "a" * 64, 0),
-        ("docker:cli", 1),
-        ("docker.io/library/docker:cli", 1),
-        ("alpine:3.20", 1),
-        ("alpine", None),  # alpine:latest is not alpine:3.20
-        ("docker:27", 2),  # first match wins: entry 1 names docker:cli only
-        ("docker", 2),
-        ("busybox", None),
-        ("sha256:" + "b" * 64, None),  # an image ID
-        ("b" * 64, None),
-        ("Not A Reference", None),
-        (None, None),
-        ("", None),
-    ],
-)
-def test_command_list_for_picks_the_first_matching_entry(
-    image: str | None, entry: int | None
-) -> None:
-    settings = parse_settings(SETTINGS)
-    chosen = command_list_for(settings, image)
-    if entry is None:
-        assert chosen is settings.eci.socket_mount.command_list
-    else:
-        assert chosen is settings.extensions.image_command_lists[entry].command_list
-
-
 def test_per_image_list_judges_requests() -> None:
     settings = parse_settings(SETTINGS)
-    ryuk = command_list_for(settings, "testcontainers/ryuk:0.11.0")
+    ryuk = settings.extensions.image_command_lists[0].command_list
     assert judge_target(ryuk, "GET", f"{P}/containers/json?filters=x").allowed
     assert judge_target(ryuk, "DELETE", f"{P}/containers/abc?force=1").allowed
     assert not judge_target(ryuk, "POST", f"{P}/containers/create").allowed
     assert not judge_target(ryuk, "POST", f"{P}/images/x/push").allowed
-    other = command_list_for(settings, "busybox")
+    other = settings.eci.socket_mount.command_list
     assert not judge_target(other, "POST", f"{P}/images/x/push").allowed
     assert judge_target(other, "POST", f"{P}/containers/create").allowed
-
-
-def test_without_extension_the_global_list_applies() -> None:
-    settings = parse_settings(
-        b'{"configurationFileVersion": 2, "enhancedContainerIsolation": {"value": true, '
-        b'"locked": true, "dockerSocketMount": {"commandList": {"commands": ["push"]}}}}'
-    )
-    assert command_list_for(settings, "docker:cli") is settings.eci.socket_mount.command_list
 
 
 def test_route_commands_helpers_are_not_owners() -> None:

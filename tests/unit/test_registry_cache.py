@@ -42,8 +42,6 @@ def test_round_trip() -> None:
         '{"version": 1}',
         '{"version": 1, "entries": [1]}',
         '{"version": 1, "entries": [{"domain": "a", "path": "b", "reference": "c", '
-        '"digest": "nope", "fetched_at": 1, "registry": "a"}]}',
-        '{"version": 1, "entries": [{"domain": "a", "path": "b", "reference": "c", '
         '"digest": null, "fetched_at": true, "registry": "a"}]}',
         '{"version": 1, "entries": [{"domain": "", "path": "b", "reference": "c", '
         '"digest": null, "fetched_at": 1, "registry": "a"}]}',
@@ -96,3 +94,16 @@ def test_corrupt_file_is_moved_aside_and_kept(tmp_path: Path) -> None:
     again = load_cache(path, now=0.0)
     assert again.moved_aside is not None and again.moved_aside.name.endswith(".1")
     assert json.loads(serialize_cache({}))["entries"] == []
+
+
+def test_one_bad_digest_drops_that_answer_not_the_file() -> None:
+    """An answer an older agent stored unchecked is asked again; the others stay."""
+    text = serialize_cache({Q1: CacheEntry(D1, 1700000000.5, "registry-1.docker.io")})
+    doc = json.loads(text)
+    doc["entries"].append(
+        {"domain": "a", "path": "b", "reference": "c", "digest": "nope", "fetched_at": 1,
+         "registry": "a"}
+    )  # fmt: skip
+    assert parse_cache(json.dumps(doc)) == {
+        Q1: CacheEntry(D1, 1700000000.5, "registry-1.docker.io")
+    }
