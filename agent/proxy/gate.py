@@ -741,7 +741,6 @@ class Gate:
         forward to that container by ID).
         """
         client = await self._client(peer)
-        effective = self.config.current()
         if peer.listener != "container":
             # The agent never gives a container its host-facing socket: it got there some
             # other way, and is served only as far as a socket mount would have been allowed.
@@ -767,7 +766,20 @@ class Gate:
             # (a shared PID namespace: /proc/1/root/...): the sender's own image must be one.
             decision = await self._judge_peer_image(client, peer.listener)
             if not decision.allowed:
-                return _attributed(decision, client)
+                refused = _attributed(decision, client)
+                if not self._auditing():
+                    return refused
+                # Audit mode let this container have the socket (its create was recorded):
+                # what its commands would meet is the more telling record.
+                commands = await self._judge_commands(request, target, route, client)
+                return commands if isinstance(commands, Decision) else refused
+        return await self._judge_commands(request, target, route, client)
+
+    async def _judge_commands(
+        self, request: Request, target: Target, route: Route, client: ClientContainer
+    ) -> Decision | _Into | None:
+        """A container's request against its command list (and into another container)."""
+        effective = self.config.current()
         if route.key in ALWAYS_ALLOWED_KEYS:
             return None
         query: dict[str, str] = {}
