@@ -607,7 +607,36 @@ class Gate:
                     inspect=rest.inspect,
                 )
                 return kept, body
+            decision, body = await self._judge_request(request, target, match)
+            return await self._same_list_child(decision, peer), body
         return await self._judge_request(request, target, match)
+
+    async def _same_list_child(self, decision: Decision, peer: Peer) -> Decision:
+        """A container's create of a container that gets the socket: the child's requests are
+        judged by its image's command list, so it must be the creator's own (otherwise a
+        container held to a strict list runs what it likes in a child of a looser image)."""
+        if not (decision.allowed and decision.rewrites and decision.expect_image_id):
+            return decision
+        if not self.config.current().settings.extensions.image_command_lists:
+            return decision
+        client = await self._client(peer)
+        own = await self._command_list_of(client.image_id)
+        theirs = await self._command_list_of(decision.expect_image_id)
+        if theirs is own or theirs == own:
+            return decision
+        if decision.pins:
+            self.unpin(decision.pins)
+        return _attributed(
+            deny(
+                403,
+                "a container may give the socket only to containers held to the same command "
+                "list as its own (eciAgent.commandLists): image "
+                f"{decision.expect_image_id[:19]} is held to another; ask your administrator "
+                f"({self.config.settings_where()})",
+                "command-list-crossing",
+            ),
+            client,
+        )
 
     async def _judge_request(
         self, request: Request, target: Target, match: RouteMatch

@@ -621,3 +621,53 @@ def test_one_odd_digest_answer_does_not_throw_away_the_whole_digest_cache(tmp_pa
         )
     finally:
         reg.shutdown()
+
+
+# -- 7. (follow-up) a child of another allowed image inherits that image's list --------------
+
+
+def test_a_container_cannot_give_the_socket_to_a_child_held_to_a_looser_list(
+    agent, stack, inside, direct, name
+):
+    """Per-image lists go with the image: a container held to the strict global list runs the
+    reaper's own (real, pushed, allowed) image with the socket and its own command. The
+    child would be judged by the reaper's looser list, so the create itself is refused; a
+    child of the container's own image (the same list) is still allowed."""
+    reaper = f"{stack.registry}/fixtures/reaper-{name}:1"
+    pushed_cli_image(direct, stack, reaper)
+    volume = name + "-vol"
+    own_child = name + "-own"
+    try:
+        agent.set_settings(
+            with_commands(
+                [stack.images["dockercli"], _repo(reaper) + ":*"],
+                "deny",
+                ["volume*"],
+                eciAgent={
+                    "commandLists": [
+                        {"images": [_repo(reaper) + ":*"], "type": "deny", "commands": ["push"]}
+                    ]
+                },
+            )
+        )
+        box = inside()
+        r = box.docker(
+            "run", "--rm", "--network", "none", "-v", f"{SOCK}:{SOCK}", reaper,
+            "docker", "volume", "create", volume,
+        )  # fmt: skip
+        assert not exists(direct, "volume", volume), (
+            "BYPASS: a container held to the global list (volume* denied) ran a child of the "
+            f"reaper's image with the socket, judged by the reaper's list: {r.stdout}{r.stderr}"
+        )
+        assert "same command list" in r.stderr, r.stderr
+        r = box.docker(
+            "create", "--name", own_child, "--network", "none", "-v", f"{SOCK}:{SOCK}",
+            stack.images["dockercli"], "true",
+        )  # fmt: skip
+        assert r.returncode == 0 and _container_exists(direct, own_child), (
+            f"BROKEN: a child of its own image refused: {r.stderr}"
+        )
+    finally:
+        direct("rm", "-f", own_child)
+        direct("volume", "rm", "-f", volume)
+        direct("rmi", reaper)
