@@ -334,6 +334,7 @@ async def _serve(args: argparse.Namespace) -> int:
         await notifier.stop()
         await host.stop()
         await container.stop()
+        gate.flush_suppressed()
         await pool.close()
         await digests.stop()
         watcher.stop()

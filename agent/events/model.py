@@ -49,6 +49,7 @@ class Kind(enum.StrEnum):
     ENGINE_UNREACHABLE = "engine-unreachable"
     ENGINE_REACHABLE = "engine-reachable"
     EVENTS_DROPPED = "events-dropped"
+    DENIALS_SUPPRESSED = "denials-suppressed"  # a sender's refusals over the rate, counted
     AGENT_STARTED = "agent-started"
     AGENT_STOPPED = "agent-stopped"
 

@@ -17,8 +17,10 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from agent.events.limiter import DenialLimiter, Suppressed
+from agent.events.model import Kind, format_time
 from agent.events.store import EventStore
 from agent.pins.board import (
     Held,
@@ -300,6 +302,9 @@ class Gate:
         self.engine = EngineClient(config.engine_socket)
         self._image_cache: dict[str, LocalImage] = {}
         self._clients: dict[str, tuple[float, ClientContainer]] = {}
+        #: Refusals each sender may have recorded one by one (the rest are counted).
+        self._limiter = DenialLimiter()
+        self._flush_at: asyncio.TimerHandle | None = None
         #: (container, image ID, listener, settings hash) -> (when, the peer-image decision)
         self._peer_images: dict[tuple[str, str, str, str | None], tuple[float, Decision]] = {}
         #: (image ID, settings hash) -> (when, the command list for containers of that image)
@@ -2009,6 +2014,13 @@ class Gate:
     def _record(
         self, request: Request, decision: Decision, peer: Peer, eff: Effective, would: bool = False
     ) -> None:
+        sender = (peer.uid, peer.identity.container, peer.listener)
+        recorded, owed = self._limiter.admit(sender, time.time())
+        for summary in owed:
+            self._record_suppressed(summary)
+        if not recorded:
+            self._flush_later()
+            return
         events_log.warning(
             "%s",
             json.dumps(
@@ -2052,6 +2064,52 @@ class Gate:
             extra=details,
             decision="would-deny" if would else "denied",
         )
+
+    def _record_suppressed(self, summary: Suppressed) -> None:
+        uid, container, listener = cast(tuple[int | None, str | None, str], summary.sender)
+        who = f"uid {uid}" + (f" in container {container[:12]}" if container else "")
+        message = (
+            f"{summary.count} refused request(s) from {who} via the {listener} socket since "
+            f"{format_time(summary.since)} were counted, not recorded one by one (more than "
+            f"{self._limiter.burst} at once or {self._limiter.rate:g} a second)"
+        )
+        events_log.warning("%s", json.dumps({"event": Kind.DENIALS_SUPPRESSED.value,
+                                             "message": message}))  # fmt: skip
+        store = self.config.events
+        if store is not None:
+            store.record(
+                Kind.DENIALS_SUPPRESSED,
+                message,
+                uid=uid,
+                container_id=container,
+                listener=listener,
+                extra={"count": summary.count, "since": format_time(summary.since)},
+            )
+
+    def _flush_later(self) -> None:
+        """Report counts of senders gone quiet, a little after they went quiet."""
+        if self._flush_at is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._flush_at = loop.call_later(self._limiter.quiet + 0.1, self._flush_due)
+
+    def flush_suppressed(self) -> None:
+        """At shutdown: record every count of refusals not yet reported."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        for summary in self._limiter.take_all():
+            self._record_suppressed(summary)
+
+    def _flush_due(self) -> None:
+        self._flush_at = None
+        for summary in self._limiter.due(time.time()):
+            self._record_suppressed(summary)
+        if self._limiter.pending():
+            self._flush_later()
 
 
 def _forget_task(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Future[Any]], None]:

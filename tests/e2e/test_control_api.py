@@ -233,3 +233,29 @@ def test_status_names_the_isolation_level_and_containers_refused_on_start(
         assert f"made before enforcement, refused on start: {name}" in human
     finally:
         direct("rm", "-f", name)
+
+
+def test_a_flood_of_refusals_is_counted_not_recorded_one_by_one(own_agent: AgentProcess) -> None:
+    """A client that makes the agent refuse as fast as it can must not push older events out
+    of the store: past a burst, its refusals are counted, and the count is recorded once it
+    goes quiet. The first refusal (the attempt worth keeping) stays, and nothing goes untold."""
+    marker = "/v1.41/eci-flood-first"
+    http_over_unix(own_agent.listen, f"GET {marker} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+    sent = 400
+    one = b"GET /v1.41/eci-flood HTTP/1.1\r\nHost: d\r\n\r\n"
+    reply = http_over_unix(
+        own_agent.listen, one * (sent - 1) + one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"),
+        timeout=60,
+    )  # fmt: skip
+    assert reply.count(b"HTTP/1.1 404 ") == sent, reply[:300]  # every one refused
+    time.sleep(5.5)  # quiet: the count comes due
+    denied = events(own_agent, "--all", "--kind", "denied")
+    paths = [e.get("path") for e in denied]
+    assert marker in paths, paths[:5]
+    flood = [p for p in paths if p == "/v1.41/eci-flood"]
+    assert 40 <= len(flood) < 120, len(flood)  # the burst (and what the rate refilled), no more
+    (summary,) = events(own_agent, "--all", "--kind", "denials-suppressed")
+    assert summary["extra"]["count"] == sent - len(flood), summary
+    assert (
+        summary["uid"] == os.getuid() and "counted, not recorded one by one" in summary["message"]
+    )
