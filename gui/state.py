@@ -241,6 +241,9 @@ class Blocked:
     container: str
     image: str
     request: str
+    #: Refusals this row stands for: more than 1 for a sender's flood the agent counted
+    #: instead of recording one by one (`denials-suppressed`).
+    count: int = 1
 
     @property
     def when(self) -> str:
@@ -250,10 +253,12 @@ class Blocked:
 
     @property
     def label(self) -> str:
+        if self.count > 1:
+            return f"denied x{self.count} (counted)"
         return "would deny (audit)" if self.would else "denied"
 
 
-BLOCKED_KINDS = ("denied", "would-deny")
+BLOCKED_KINDS = ("denied", "would-deny", "denials-suppressed")
 
 
 def _time_of(value: Any) -> float | None:
@@ -278,6 +283,11 @@ def blocked_of(event: Mapping[str, Any]) -> Blocked | None:
     cid = _text(event.get("containerId"))[:12]
     container = f"{name} ({cid})" if name and cid else name or cid
     method, path = _text(event.get("method")), _text(event.get("path"))
+    count = 1
+    if kind == "denials-suppressed":
+        extra = event.get("extra")
+        found = extra.get("count") if isinstance(extra, Mapping) else None
+        count = found if isinstance(found, int) and not isinstance(found, bool) else 2
     return Blocked(
         id=ident,
         time=_time_of(event.get("time")),
@@ -286,6 +296,7 @@ def blocked_of(event: Mapping[str, Any]) -> Blocked | None:
         container=container,
         image=_text(event.get("image")),
         request=f"{method} {path}".strip(),
+        count=max(count, 1),
     )
 
 
@@ -369,17 +380,18 @@ class Throttle:
         self.last = now
         latest = rows[-1]
         where = f" ({latest.container or latest.image})" if latest.container or latest.image else ""
-        if len(rows) == 1:
+        total = sum(r.count for r in rows)
+        if total == 1:
             title = "Would be refused (audit mode)" if latest.would else "Refused by ECI"
             return Notice(title, f"{latest.message}{where}", warning=not latest.would)
         title = (
-            f"{len(rows)} requests refused"
+            f"{total} requests refused"
             if not all(r.would for r in rows)
-            else (f"{len(rows)} requests would be refused (audit mode)")
+            else (f"{total} requests would be refused (audit mode)")
         )
         return Notice(
             title,
-            f"{latest.message}{where}\n… and {len(rows) - 1} more (see Blocked requests)",
+            f"{latest.message}{where}\n… and {total - 1} more (see Blocked requests)",
             warning=not all(r.would for r in rows),
         )
 

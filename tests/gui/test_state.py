@@ -179,7 +179,11 @@ def event(ident: int, kind: str = "denied", **over: Any) -> dict[str, Any]:
 def test_feed_seeds_with_history_then_pages_after_the_last_id() -> None:
     feed = st.BlockedFeed(keep=3)
     first = feed.query()
-    assert first.after is None and first.newest and first.kinds == ("denied", "would-deny")
+    assert (
+        first.after is None
+        and first.newest
+        and first.kinds == ("denied", "would-deny", "denials-suppressed")
+    )
     assert feed.take({"events": [event(3), event(5)], "lastId": 5, "more": False}) == []
     assert [r.id for r in feed.rows] == [3, 5]  # history is listed, not new
     assert feed.query() == st.EventsQuery(5, feed.page, newest=False)
@@ -287,3 +291,15 @@ def test_features_view() -> None:
     desktop = st.features_view({"platform": {"dockerDesktopVersion": "4.36.0", "wsl2": True}})
     assert desktop.platform == "Docker Desktop 4.36.0 (WSL 2)" and desktop.mode == "unknown"
     assert st.features_view({}).platform == "unknown (the engine did not answer)"
+
+
+def test_a_counted_flood_is_one_row_that_says_how_many() -> None:
+    row = st.blocked_of(
+        {"id": 7, "kind": "denials-suppressed", "time": "2026-11-24T06:00:00Z", "uid": 1000,
+         "message": "350 refused request(s) from uid 1000 ... counted", "extra": {"count": 350}}
+    )  # fmt: skip
+    assert row is not None and row.count == 350 and row.label == "denied x350 (counted)"
+    one = st.blocked_of({"id": 8, "kind": "denied", "message": "refused"})
+    assert one is not None and one.count == 1
+    notice = st.Throttle(interval=10).add([one, row], now=100.0)
+    assert notice is not None and notice.title == "351 requests refused", notice

@@ -237,7 +237,10 @@ def test_new_denials_are_listed_and_notified_rate_limited(qtbot: Any) -> None:
             "(web (aaaaaaaaaaaa))",
         )
     ]
-    assert agent.calls[-1] == ("events", (1, 200, ("denied", "would-deny"), False))
+    assert agent.calls[-1] == (
+        "events",
+        (1, 200, ("denied", "would-deny", "denials-suppressed"), False),
+    )
 
     for i in range(3):
         agent.record("denied", f"refusal {i}")
