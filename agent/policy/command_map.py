@@ -29,6 +29,7 @@ manages the same object, and says so in a comment.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -386,6 +387,25 @@ def judge_request(
         return ALWAYS_ALLOWED
     rc = route_commands(method, template, query)
     return judge_commands(command_list, rc.senders | extra, owners=rc.owners | extra)
+
+
+@functools.lru_cache(maxsize=256)
+def within(inner: CommandList, outer: CommandList) -> bool:
+    """Whether `inner` allows nothing `outer` does not: every request the table knows (each
+    route's commands, with and without a compose label) that `inner` allows, `outer` allows
+    too. What a container may hand its own code to run under another list (a child with the
+    socket, an exec into a socket holder) must be within its own list."""
+    if inner == outer:
+        return True
+    for rc in (*ROUTE_COMMANDS.values(), IMAGES_CREATE_PULL, IMAGES_CREATE_IMPORT):
+        for extra in (frozenset(), frozenset({"compose"})):
+            senders, owners = rc.senders | extra, rc.owners | extra
+            if (
+                judge_commands(inner, senders, owners=owners).allowed
+                and not judge_commands(outer, senders, owners=owners).allowed
+            ):
+                return False
+    return True
 
 
 def compose_labelled(body: GoObject) -> bool:

@@ -40,6 +40,7 @@ from agent.policy.command_map import (
     commands_for,
     compose_labelled,
     judge_request,
+    within,
 )
 from agent.policy.decide import (
     ALLOW,
@@ -227,6 +228,8 @@ class ClientContainer:
     image: str = ""  # Config.Image, as the container was created with
     image_id: str | None = None
     problem: str | None = None  # why the agent could not tell more
+    #: Whether the container bind-mounts the agent's container-facing socket (is given it).
+    mounts_socket: bool = False
 
     def details(self) -> dict[str, str]:
         out = {"container": self.id or "unknown", "image": self.image}
@@ -613,8 +616,65 @@ class Gate:
                 )
                 return kept, body
             decision, body = await self._judge_request(request, target, match)
-            return await self._same_list_child(decision, peer), body
+            decision = await self._same_list_child(decision, peer)
+            if decision.allowed and match.route.key == "POST /containers/create":
+                return await self._shared_pid(request, body, peer, decision)
+            return decision, body
         return await self._judge_request(request, target, match)
+
+    def _mounts_socket(self, info: Mapping[str, Any]) -> bool:
+        """Whether a container (its inspect data) bind-mounts the agent's container socket."""
+        wanted = self.config.container_socket
+        for mount in info.get("Mounts") or ():
+            if isinstance(mount, dict) and mount.get("Type") == "bind":
+                if mount.get("Source") == wanted:
+                    return True
+        return False
+
+    async def _shared_pid(
+        self, request: Request, body: bytes | None, peer: Peer, decision: Decision
+    ) -> tuple[Decision, bytes | None]:
+        """A container's create that joins another container's PID namespace: its processes
+        may then trace that container's (same uid) and act as them, as an exec would. When
+        that container is given the socket, its list must be within the creator's; and the
+        namespace is named by ID, so a rename before the start changes nothing."""
+        if not self.config.current().settings.extensions.image_command_lists:
+            return decision, body
+        try:
+            doc = gojson.loads_bytes(body if body is not None else (request.body or b""))
+        except gojson.JSONSyntaxError:
+            return decision, body
+        hc = doc.field("HostConfig") if isinstance(doc, GoObject) else None
+        pid_mode = hc.field("PidMode", "") if isinstance(hc, GoObject) else ""
+        if not isinstance(hc, GoObject) or not isinstance(pid_mode, str):
+            return decision, body
+        if not pid_mode.startswith("container:"):
+            return decision, body
+        name = pid_mode.removeprefix("container:")
+        try:
+            info = await self.engine.inspect_container(name)
+        except NotFound:
+            return decision, body  # the engine refuses it itself
+        client = await self._client(peer)
+        if self._mounts_socket(info):
+            own = await self._command_list_of(client.image_id)
+            theirs = await self._command_list_of(info.get("Image"))
+            if not within(theirs, own):
+                if decision.pins:
+                    self.unpin(decision.pins)
+                refused = deny(
+                    403,
+                    f"--pid=container:{name} is refused: that container is given the socket "
+                    "and held to a command list that allows more than this container's "
+                    "(eciAgent.commandLists), and a process sharing its PID namespace can act "
+                    f"as its processes; ask your administrator ({self.config.settings_where()})",
+                    "command-list-crossing",
+                    into=str(info.get("Id") or name),
+                )
+                return _attributed(refused, client), None
+        pinned = gojson.with_field(hc, "PidMode", f"container:{info.get('Id') or name}")
+        assert isinstance(doc, GoObject)
+        return decision, gojson.dumps(gojson.with_field(doc, "HostConfig", pinned)).encode()
 
     async def _same_list_child(self, decision: Decision, peer: Peer) -> Decision:
         """A container's create of a container that gets the socket: the child's requests are
@@ -627,16 +687,17 @@ class Gate:
         client = await self._client(peer)
         own = await self._command_list_of(client.image_id)
         theirs = await self._command_list_of(decision.expect_image_id)
-        if theirs is own or theirs == own:
+        if within(theirs, own):
             return decision
         if decision.pins:
             self.unpin(decision.pins)
         return _attributed(
             deny(
                 403,
-                "a container may give the socket only to containers held to the same command "
-                "list as its own (eciAgent.commandLists): image "
-                f"{decision.expect_image_id[:19]} is held to another; ask your administrator "
+                "a container may give the socket only to containers held to a command list "
+                "within its own (eciAgent.commandLists): image "
+                f"{decision.expect_image_id[:19]} is held to one that allows more; ask your "
+                "administrator "
                 f"({self.config.settings_where()})",
                 "command-list-crossing",
             ),
@@ -797,8 +858,18 @@ class Gate:
                     client,
                 )
             # Handed to containers whose image may mount the socket, but reachable from others
-            # (a shared PID namespace: /proc/1/root/...): the sender's own image must be one.
-            decision = await self._judge_peer_image(client, peer.listener)
+            # (a shared PID namespace: /proc/1/root/...): the sender's own container must be
+            # given it, and its own image must be one that may.
+            if not client.mounts_socket:
+                decision = deny(
+                    403,
+                    f"container {(client.id or '')[:12]} reached eci-agent's container socket "
+                    "without being given it (another container's, through a shared PID "
+                    "namespace or a path into it); only a container that mounts it may use it",
+                    "socket-not-mounted",
+                )
+            else:
+                decision = await self._judge_peer_image(client, peer.listener)
             if not decision.allowed:
                 refused = _attributed(decision, client)
                 if not self._auditing():
@@ -909,15 +980,18 @@ class Gate:
             info = await self.engine.inspect_container(name)
         except NotFound:
             return None  # the engine answers 404 itself
+        if not self._mounts_socket(info):
+            return _Into(str(info.get("Id") or name))  # its processes cannot ask the agent
         theirs = await self._command_list_of(info.get("Image"))
-        if theirs is own or theirs == own:
+        if within(theirs, own):
             return _Into(str(info.get("Id") or name))
         return _attributed(
             deny(
                 403,
                 f"{_crossing_verb(route)} container "
                 f"{name} is refused: it is held to another command list than the container "
-                "asking (eciAgent.commandLists), and what runs there would be judged by its list; "
+                "asking that allows more (eciAgent.commandLists), and what runs there would be "
+                "judged by its list; "
                 f"ask your administrator ({self.config.settings_where()})",
                 "command-list-crossing",
                 into=str(info.get("Id") or name),
@@ -979,6 +1053,7 @@ class Gate:
                 name=(info.get("Name") or "").lstrip("/"),
                 image=(info.get("Config") or {}).get("Image") or "",
                 image_id=info.get("Image"),
+                mounts_socket=self._mounts_socket(info),
             )
         if len(self._clients) > 1024:
             self._clients.clear()

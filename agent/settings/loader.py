@@ -78,7 +78,9 @@ def walk_path(
     each symlink met (inside a link's target too) and the file, with what `lstat` says of it
     (None: it does not exist, and the walk ends there). Raises `_Unwalkable` on a loop."""
     nodes: list[tuple[str, os.stat_result | None]] = [("/", lstat("/"))]
-    todo = list(reversed(str(os.path.abspath(path)).split("/")))
+    # Not os.path.abspath: it drops `link/..` by spelling, where the kernel follows the link
+    # first and then goes to the parent of its target.
+    todo = list(reversed(os.path.join(os.getcwd(), os.fspath(path)).split("/")))
     current = "/"
     links = 0
     while todo:
