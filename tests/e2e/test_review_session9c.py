@@ -17,21 +17,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_command_list import exists, inside, pushed_cli_image, with_commands
+from tests.e2e.test_review_session9a import SOCK, _container_exists, _repo
 
 pytestmark = pytest.mark.engine
 
 __all__ = ["inside"]  # a fixture, used by name
-
-SOCK = "/var/run/docker.sock"
-
-
-def _repo(ref: str) -> str:
-    return ref.rsplit(":", 1)[0]
-
-
-def _container_exists(direct: Any, name: str) -> bool:
-    out = direct("ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.Names}}", check=True)
-    return name in out.stdout.split()
 
 
 def _two_lists(stack: Any, reaper: str, denied: str = "volume*") -> dict[str, Any]:
