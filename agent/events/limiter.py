@@ -23,6 +23,12 @@ QUIET = 5.0
 MAX_SENDERS = 4096
 
 
+def sender_of(uid: int | None, container: str | None, listener: str) -> Hashable:
+    """Who one bucket is for: a container (its processes may take any uid), or a host uid;
+    per agent socket."""
+    return (None if container else uid, container, listener)
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: float

@@ -46,6 +46,11 @@ ALWAYS_ALLOWED_KEYS: frozenset[str] = frozenset(
     {"GET /_ping", "HEAD /_ping", "OPTIONS /{anyroute}"}
 )
 
+#: The creates a compose label makes count as the `compose` command too.
+LABELLED_CREATE_KEYS: frozenset[str] = frozenset(
+    {"POST /containers/create", "POST /volumes/create", "POST /networks/create"}
+)
+
 #: The label prefix docker compose puts on every container, network and volume it creates.
 COMPOSE_LABEL_PREFIX = "com.docker.compose."
 
@@ -397,8 +402,11 @@ def within(inner: CommandList, outer: CommandList) -> bool:
     socket, an exec into a socket holder) must be within its own list."""
     if inner == outer:
         return True
+    labelled = [ROUTE_COMMANDS[key] for key in LABELLED_CREATE_KEYS]
     for rc in (*ROUTE_COMMANDS.values(), IMAGES_CREATE_PULL, IMAGES_CREATE_IMPORT):
         for extra in (frozenset(), frozenset({"compose"})):
+            if extra and rc not in labelled:
+                continue  # only a labelled create counts as `compose`
             senders, owners = rc.senders | extra, rc.owners | extra
             if (
                 judge_commands(inner, senders, owners=owners).allowed

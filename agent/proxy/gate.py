@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from agent.events.limiter import DenialLimiter, Suppressed
+from agent.events.limiter import DenialLimiter, Suppressed, sender_of
 from agent.events.model import Kind, format_time
 from agent.events.store import EventStore
 from agent.pins.board import (
@@ -35,6 +35,7 @@ from agent.pins.board import (
 from agent.policy import gojson
 from agent.policy.command_map import (
     ALWAYS_ALLOWED_KEYS,
+    LABELLED_CREATE_KEYS,
     UnclassifiedRoute,
     command_blocked_message,
     commands_for,
@@ -212,9 +213,7 @@ RESOLVED_MAX = 256
 #: In an allowed decision's details: the image came from `_resolved` (see `Gate.verify`).
 REUSED = "image_reused"
 #: Creates whose labels tell a Compose project (the `compose` command of the command list).
-LABELLED_CREATES = frozenset(
-    {"POST /containers/create", "POST /volumes/create", "POST /networks/create"}
-)
+LABELLED_CREATES = LABELLED_CREATE_KEYS
 #: Go's ParseForm reads these bodies as form fields that override the query: never forward one.
 FORM_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -635,46 +634,106 @@ class Gate:
         self, request: Request, body: bytes | None, peer: Peer, decision: Decision
     ) -> tuple[Decision, bytes | None]:
         """A container's create that joins another container's PID namespace: its processes
-        may then trace that container's (same uid) and act as them, as an exec would. When
-        that container is given the socket, its list must be within the creator's; and the
-        namespace is named by ID, so a rename before the start changes nothing."""
+        may then trace every process in it (same uid) and act as them, as an exec would. When
+        a container given the socket is in that namespace, its list must be within the
+        creator's; and the namespace is named by ID, so a rename before the start changes
+        nothing. `PidMode` is read where the engine reads it: in `HostConfig`, or at the top
+        of the body when `HostConfig` is missing."""
         if not self.config.current().settings.extensions.image_command_lists:
             return decision, body
         try:
             doc = gojson.loads_bytes(body if body is not None else (request.body or b""))
         except gojson.JSONSyntaxError:
             return decision, body
-        hc = doc.field("HostConfig") if isinstance(doc, GoObject) else None
-        pid_mode = hc.field("PidMode", "") if isinstance(hc, GoObject) else ""
-        if not isinstance(hc, GoObject) or not isinstance(pid_mode, str):
+        if not isinstance(doc, GoObject):
             return decision, body
-        if not pid_mode.startswith("container:"):
-            return decision, body
-        name = pid_mode.removeprefix("container:")
-        try:
-            info = await self.engine.inspect_container(name)
-        except NotFound:
-            return decision, body  # the engine refuses it itself
-        client = await self._client(peer)
-        if self._mounts_socket(info):
-            own = await self._command_list_of(client.image_id)
-            theirs = await self._command_list_of(info.get("Image"))
-            if not within(theirs, own):
+        hc = doc.field("HostConfig")
+        changed = False
+        for where in ("HostConfig", ""):
+            obj = hc if where else doc
+            if not isinstance(obj, GoObject):
+                continue
+            pid_mode = obj.field("PidMode", "")
+            if not isinstance(pid_mode, str) or not pid_mode.startswith("container:"):
+                continue
+            name = pid_mode.removeprefix("container:")
+            try:
+                info = await self.engine.inspect_container(name)
+            except NotFound:
+                continue  # the engine refuses it itself
+            refused = await self._looser_in_namespace(info, peer, f"--pid=container:{name}")
+            if refused is not None:
                 if decision.pins:
                     self.unpin(decision.pins)
+                return refused, None
+            obj = gojson.with_field(obj, "PidMode", f"container:{info.get('Id') or name}")
+            if where:
+                hc = obj
+                doc = gojson.with_field(doc, "HostConfig", hc)
+            else:
+                doc = gojson.with_field(obj, "HostConfig", hc) if isinstance(hc, GoObject) else obj
+            changed = True
+        if not changed:
+            return decision, body
+        return decision, gojson.dumps(doc).encode()
+
+    async def _looser_in_namespace(
+        self, info: Mapping[str, Any], peer: Peer, what: str
+    ) -> Decision | None:
+        """The refusal when a container given the socket, with a list not within the client's,
+        shares the PID namespace of the container `info` describes (it, or one joined to the
+        same namespace through `--pid=container:`, either way); None when there is none."""
+        client = await self._client(peer)
+        holders = await self._pid_namespace_holders(info)
+        if not holders:
+            return None
+        own = await self._command_list_of(client.image_id)
+        for holder in holders:
+            theirs = await self._command_list_of(holder.get("Image"))
+            if not within(theirs, own):
                 refused = deny(
                     403,
-                    f"--pid=container:{name} is refused: that container is given the socket "
-                    "and held to a command list that allows more than this container's "
-                    "(eciAgent.commandLists), and a process sharing its PID namespace can act "
-                    f"as its processes; ask your administrator ({self.config.settings_where()})",
+                    f"{what} is refused: container {str(holder.get('Id') or '')[:12]} in that PID "
+                    "namespace is given the socket and held to a command list that allows more "
+                    "than this container's (eciAgent.commandLists), and a process in the "
+                    "namespace can act as its processes; ask your administrator "
+                    f"({self.config.settings_where()})",
                     "command-list-crossing",
-                    into=str(info.get("Id") or name),
+                    into=str(holder.get("Id") or ""),
                 )
-                return _attributed(refused, client), None
-        pinned = gojson.with_field(hc, "PidMode", f"container:{info.get('Id') or name}")
-        assert isinstance(doc, GoObject)
-        return decision, gojson.dumps(gojson.with_field(doc, "HostConfig", pinned)).encode()
+                return _attributed(refused, client)
+        return None
+
+    async def _pid_namespace_root(self, info: Mapping[str, Any]) -> str:
+        """The ID of the container whose PID namespace this one uses (following
+        `--pid=container:` joins; itself when it joins none)."""
+        seen: set[str] = set()
+        current: Mapping[str, Any] = info
+        while True:
+            cid = str(current.get("Id") or "")
+            mode = (current.get("HostConfig") or {}).get("PidMode") or ""
+            if not isinstance(mode, str) or not mode.startswith("container:") or cid in seen:
+                return cid
+            seen.add(cid)
+            if len(seen) > 16:
+                raise MissingFact("a chain of more than 16 --pid=container: joins")
+            try:
+                current = await self.engine.inspect_container(mode.removeprefix("container:"))
+            except NotFound:
+                return cid
+
+    async def _pid_namespace_holders(self, info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The containers given the socket that share the PID namespace of `info`'s."""
+        root = await self._pid_namespace_root(info)
+        out: list[Mapping[str, Any]] = []
+        listed = await self.engine.get_json("/containers/json", all="1")
+        for summary in listed if isinstance(listed, list) else ():
+            if not self._mounts_socket(summary):
+                continue
+            holder = await self.engine.inspect_container(str(summary.get("Id")))
+            if await self._pid_namespace_root(holder) == root:
+                out.append(holder)
+        return out
 
     async def _same_list_child(self, decision: Decision, peer: Peer) -> Decision:
         """A container's create of a container that gets the socket: the child's requests are
@@ -980,10 +1039,11 @@ class Gate:
             info = await self.engine.inspect_container(name)
         except NotFound:
             return None  # the engine answers 404 itself
-        if not self._mounts_socket(info):
-            return _Into(str(info.get("Id") or name))  # its processes cannot ask the agent
-        theirs = await self._command_list_of(info.get("Image"))
-        if within(theirs, own):
+        holders = await self._pid_namespace_holders(info)
+        if not holders:
+            return _Into(str(info.get("Id") or name))  # nothing there can ask the agent
+        lists = [await self._command_list_of(h.get("Image")) for h in holders]
+        if all(within(theirs, own) for theirs in lists):
             return _Into(str(info.get("Id") or name))
         return _attributed(
             deny(
@@ -2089,7 +2149,7 @@ class Gate:
     def _record(
         self, request: Request, decision: Decision, peer: Peer, eff: Effective, would: bool = False
     ) -> None:
-        sender = (peer.uid, peer.identity.container, peer.listener)
+        sender = sender_of(peer.uid, peer.identity.container, peer.listener)
         recorded, owed = self._limiter.admit(sender, time.time())
         for summary in owed:
             self._record_suppressed(summary)
