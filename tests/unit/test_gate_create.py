@@ -577,3 +577,43 @@ def test_protected_paths_others_could_change_are_resolved_off_the_loop(
     assert decision.allowed and decision.expect_image_id == IMAGE_A["Id"], decision.message
     assert rewritten is not None  # still found to be the engine socket, and rewritten
     assert off_loop == [{str(tmp_path / "engine.sock")}]
+
+
+def test_a_body_passed_unread_is_refused_once_the_policy_reads_it(tmp_path: Path) -> None:
+    """A create admitted head-first under ECI off (its body never read) and judged after ECI
+    came on: the body is not there to judge, so it is refused, never allowed by its head."""
+    rig = Rig(tmp_path, [], settings())
+    head = create({}).head
+
+    async def main() -> Decision:
+        async with rig:
+            return (await rig.gate.judge(Request(head), HOST))[0]
+
+    decision = asyncio.run(main())
+    assert not decision.allowed and decision.status == 503, decision
+    assert decision.rule == "policy-changed"
+
+
+def test_a_policy_changed_while_judging_has_the_request_judged_again(tmp_path: Path) -> None:
+    """The first judgement (under the image list that admits it) is dropped when the policy
+    changes before it is given: the request is judged again under the new one."""
+    rig = Rig(tmp_path, [IMAGE_A], settings())
+    calls: list[Effective] = []
+    real = rig.gate._judge
+
+    async def judging_then_change(request: Request, peer: Peer) -> Any:
+        calls.append(rig.effective)
+        out = await real(request, peer)
+        if len(calls) == 1:
+            rig.effective = settings(images=())  # the admin empties the list meanwhile
+        return out
+
+    async def main() -> Decision:
+        async with rig:
+            rig.gate._judge = judging_then_change  # type: ignore[method-assign]
+            return (await rig.judge(socket_create(rig.engine_sock)))[0]
+
+    decision = asyncio.run(main())
+    assert len(calls) == 2, calls
+    assert calls[1] is rig.effective and calls[0] is not rig.effective
+    assert not decision.allowed and decision.status == 403, decision
